@@ -1,0 +1,115 @@
+"""The hierarchical KV cache: preallocated K/V per block, plus O(1) state per stage.
+
+Stage s receives one token per 2^s input tokens, so its caches hold ``max_len // 2^s + 1``
+positions. Nothing grows by concatenation while decoding: each step writes one slot in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.config import UNetConfig
+
+
+class KVCache:
+    """Keys and values of one block: two tensors of shape (B, capacity, n_kv_head, head_dim)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys = keys
+        self.values = values
+
+    @classmethod
+    def empty(cls, batch: int, capacity: int, n_kv_head: int, head_dim: int, *, dtype, device) -> KVCache:
+        shape = (batch, capacity, n_kv_head, head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.size(1)
+
+    def write(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B, T, H, D) at positions pos..pos+T-1; return the valid prefix views."""
+        end = pos + k.size(1)
+        self.keys[:, pos:end] = k
+        self.values[:, pos:end] = v
+        return self.keys[:, :end], self.values[:, :end]
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def repeat_rows(self, n: int) -> KVCache:
+        return KVCache(self.keys.repeat(n, 1, 1, 1), self.values.repeat(n, 1, 1, 1))
+
+
+def stage_capacity(max_len: int, stage: int) -> int:
+    return max_len // 2**stage + 1
+
+
+def kv_cache_bytes(config: UNetConfig, batch_size: int, max_len: int, dtype: torch.dtype) -> int:
+    """Analytic size of the K/V caches of a decode state (what ``DecodeState.kv_bytes`` reports)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for s in range(config.n_stages):
+        blocks = config.encoder_layers(s) + config.decoder_layers(s)
+        per_block = 2 * batch_size * stage_capacity(max_len, s) * config.n_kv_head[s] * config.head_dim
+        total += blocks * per_block * itemsize
+    return total
+
+
+@dataclass
+class DecodeState:
+    """Everything the cached engine carries between steps, per stage s:
+
+    - ``caches[s]``: KVCache per block, encoder blocks first, then decoder blocks;
+    - ``positions[s]``: stage-s tokens seen so far (the next one is written at this slot);
+    - ``enc_last[s]`` (B, C[s]): last encoder output, the pooling partner of the next token;
+    - ``pending[s]`` (B, C[s]): second half of the last unpool from stage s+1, waiting for
+      stage s's next token (zeros until stage s+1 has produced output).
+    """
+
+    caches: list[list[KVCache]]
+    positions: list[int]
+    enc_last: list[torch.Tensor]
+    pending: list[torch.Tensor]
+    max_len: int
+
+    @classmethod
+    def allocate(cls, config: UNetConfig, batch: int, max_len: int, *, dtype, device) -> DecodeState:
+        caches, enc_last, pending = [], [], []
+        for s in range(config.n_stages):
+            blocks = config.encoder_layers(s) + config.decoder_layers(s)
+            capacity = stage_capacity(max_len, s)
+            caches.append([
+                KVCache.empty(batch, capacity, config.n_kv_head[s], config.head_dim, dtype=dtype, device=device)
+                for _ in range(blocks)
+            ])
+            enc_last.append(torch.zeros(batch, config.n_embd[s], dtype=dtype, device=device))
+            pending.append(torch.zeros(batch, config.n_embd[s], dtype=dtype, device=device))
+        return cls(caches, [0] * config.n_stages, enc_last, pending, max_len)
+
+    @property
+    def batch_size(self) -> int:
+        return self.enc_last[0].size(0)
+
+    @property
+    def length(self) -> int:
+        """Input tokens consumed so far (prompt + decoded)."""
+        return self.positions[0]
+
+    def kv_bytes(self) -> int:
+        """Actual bytes held by the K/V tensors."""
+        return sum(cache.nbytes() for stage in self.caches for cache in stage)
+
+    def repeat_rows(self, n: int) -> DecodeState:
+        """Copy a batch-1 state into n identical rows (prefill once, sample n times)."""
+        if self.batch_size != 1:
+            raise ValueError(f"repeat_rows needs a batch-1 state, got batch {self.batch_size}")
+        return DecodeState(
+            caches=[[c.repeat_rows(n) for c in stage] for stage in self.caches],
+            positions=list(self.positions),
+            enc_last=[t.repeat(n, 1) for t in self.enc_last],
+            pending=[t.repeat(n, 1) for t in self.pending],
+            max_len=self.max_len,
+        )
