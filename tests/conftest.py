@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random models, the golden nanochat checkpoint, a session Ray."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures" / "nanochat_unet"
+GOLDEN_TAG = "d[2,2]-h[64,128]"
+GOLDEN_DIR = FIXTURES / "golden_checkpoints" / GOLDEN_TAG
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The reference's tiny checkpoint directory (tag directory with literal brackets)."""
+    return GOLDEN_DIR
+
+
+@pytest.fixture()
+def nanochat_base(tmp_path) -> Path:
+    """A NANOCHAT_BASE_DIR holding the golden checkpoint and tokenizer in nanochat's layout."""
+    base = tmp_path / "nanochat"
+    shutil.copytree(GOLDEN_DIR, base / "base_checkpoints" / GOLDEN_TAG)
+    shutil.copytree(FIXTURES / "tokenizer", base / "tokenizer")
+    return base
