@@ -1,0 +1,475 @@
+"""Running cells on Ray: start or join a cluster, create the worker actors, feed them cells.
+
+One actor per GPU (`num_gpus=gpus_per_worker`, across all nodes, up to `max_workers`), or
+`cpu_workers` actors with `num_cpus=1` on a cluster without GPUs. Actors pull cells from
+per-model queues, so an actor keeps the model it has loaded and a fast actor never waits for a
+slow one. Scheduling uses `ray.wait` with a timeout; nothing busy-waits.
+
+Faults: a worker that dies mid-cell is restarted by Ray and the cell retried up to
+`workers.retries` times; a cell past `workers.cell_timeout_s` is recorded as `timeout` and its
+worker replaced; an `oom` cell makes the queued cells it dominates `skipped_oom`.
+
+Ray is imported here and in workers/actor.py only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from orchestrator.errors import ClusterError, Interrupted
+from orchestrator.grid import CellSpec
+from orchestrator.spec import WorkersSpec
+from workers.record import SCHEMA_VERSION, Status, params_of
+
+log = logging.getLogger(__name__)
+
+ACTOR_START_TIMEOUT_S = 180.0
+ADDRESS_TIMEOUT_S = 10.0
+INTERRUPT_GRACE_S = 10.0
+WAIT_TICK_S = 1.0
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        raise ClusterError("Ray is not installed: pip install 'ray>=2.9'") from None
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------
+# connecting
+
+
+def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """Fail fast (ClusterError) when a host:port or ray://host:port address is unreachable."""
+    if address == "auto" or address.startswith("local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise ClusterError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ClusterError(
+            f"--address {address}: cannot reach {host}:{port} within "
+            f"{timeout_s:g}s ({e.strerror or e})"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send fd 2 (and sys.stderr) to `path` while Ray starts, so its chatter lands in the log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass
+class RayConnection:
+    """A connection made by `connect`; `close()` shuts down only what it started."""
+
+    started: bool
+    log_file: Path | None
+    handler: logging.Handler | None = None
+
+    def close(self) -> None:
+        if self.started:
+            ray = _import_ray()
+            if self.log_file is not None:
+                with _stderr_to(self.log_file):
+                    ray.shutdown()
+            else:
+                ray.shutdown()
+        if self.handler is not None:
+            logging.getLogger("ray").removeHandler(self.handler)
+            self.handler.close()
+
+
+def connect(address: str | None, log_file: Path | None) -> RayConnection:
+    """Join `address` (auto, HOST:PORT, ray://HOST:PORT) or start a local Ray without a
+    dashboard; Ray's own log lines go to `log_file`. Reuses an already initialized Ray."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return RayConnection(started=False, log_file=None)
+    handler = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ray_logger = logging.getLogger("ray")
+        ray_logger.addHandler(handler)
+        ray_logger.propagate = False
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    try:
+        redirect = _stderr_to(log_file) if log_file is not None else contextlib.nullcontext()
+        with redirect:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(include_dashboard=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
+        if handler is not None:
+            logging.getLogger("ray").removeHandler(handler)
+        where = f"--address {address}" if address else "local Ray"
+        raise ClusterError(
+            f"{where}: could not start or join Ray: {' '.join(str(e).split())[:300]}"
+        ) from None
+    return RayConnection(started=True, log_file=log_file, handler=handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# actors
+
+
+@dataclass
+class WorkerPlan:
+    count: int
+    options: dict
+    kind: str  # "gpu" or "cpu"
+
+
+def plan_workers(spec: WorkersSpec, resources: dict, n_cells: int) -> WorkerPlan:
+    """How many actors and with which resource requests, from the cluster's resources.
+
+    >>> plan_workers(WorkersSpec(), {"CPU": 8.0, "GPU": 2.0}, 10).count
+    2
+    >>> plan_workers(WorkersSpec(cpu_workers=1), {"CPU": 8.0}, 10).options
+    {'num_cpus': 1}
+    """
+    gpus = float(resources.get("GPU", 0))
+    if gpus >= spec.gpus_per_worker:
+        count, options, kind = (
+            int(gpus // spec.gpus_per_worker),
+            {"num_gpus": spec.gpus_per_worker},
+            "gpu",
+        )
+    else:
+        cpus = max(1, int(resources.get("CPU", 1)))
+        count, options, kind = min(spec.cpu_workers, cpus), {"num_cpus": 1}, "cpu"
+    if spec.max_workers is not None:
+        count = min(count, spec.max_workers)
+    return WorkerPlan(count=max(1, min(count, max(1, n_cells))), options=options, kind=kind)
+
+
+@dataclass
+class _Slot:
+    index: int
+    handle: Any
+    provenance: dict = field(default_factory=dict)
+    model_key: str | None = None
+
+
+def _start_actors(plan: WorkerPlan, backend: Any) -> list[_Slot]:
+    ray = _import_ray()
+    from workers.actor import RemoteCellActor
+
+    handles = [
+        RemoteCellActor.options(**plan.options, max_restarts=-1, max_task_retries=0).remote(
+            backend, logging.getLogger().getEffectiveLevel()
+        )
+        for _ in range(plan.count)
+    ]
+    pending = {h.ready.remote(): i for i, h in enumerate(handles)}
+    provenance: dict[int, dict] = {}
+    deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
+    while pending and time.monotonic() < deadline:
+        done, _ = ray.wait(
+            list(pending), num_returns=1, timeout=max(0.1, deadline - time.monotonic())
+        )
+        for ref in done:
+            i = pending.pop(ref)
+            try:
+                provenance[i] = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - any start failure: log it, go on
+                log.warning("worker %d failed to start: %s", i, " ".join(str(e).split())[:300])
+    for ref, i in pending.items():
+        log.warning(
+            "worker %d did not start within %.0fs (not enough %s resources?)",
+            i,
+            ACTOR_START_TIMEOUT_S,
+            plan.kind.upper(),
+        )
+    slots = []
+    for i, handle in enumerate(handles):
+        if i in provenance:
+            slots.append(_Slot(index=len(slots), handle=handle, provenance=provenance[i]))
+        else:
+            ray.kill(handle, no_restart=True)
+    if not slots:
+        raise ClusterError(
+            f"no worker actor could start ({plan.count} requested with "
+            f"{plan.options}); see the Ray log"
+        )
+    return slots
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatching
+
+
+@dataclass
+class _Task:
+    cell: CellSpec
+    attempt: int
+    slot: _Slot | None = None
+    started: float = 0.0
+    started_at: str = ""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dominates(failed: CellSpec, other: CellSpec) -> bool:
+    return (
+        failed.model.key() == other.model.key()
+        and failed.method == other.method
+        and failed.dtype == other.dtype
+        and other.batch_size >= failed.batch_size
+        and other.prompt_len >= failed.prompt_len
+        and other.max_tokens >= failed.max_tokens
+    )
+
+
+class Dispatcher:
+    """Feeds cells to actors and reports every finished attempt through `on_record`.
+
+    `first_attempt` maps cell_id -> the attempt number to start from (resume continues the
+    numbering). `on_record(record)` is called in the driver for every attempt, in finishing order.
+    """
+
+    def __init__(
+        self,
+        cells: list[CellSpec],
+        workers: WorkersSpec,
+        on_record: Callable[[dict], None],
+        *,
+        backend: Any = None,
+        first_attempt: dict[str, int] | None = None,
+    ):
+        self.cells = cells
+        self.workers = workers
+        self.on_record = on_record
+        self.backend = backend
+        self.first_attempt = first_attempt or {}
+        self.queues: OrderedDict[str, deque] = OrderedDict()
+        self.inflight: dict[Any, _Task] = {}
+        self.slots: list[_Slot] = []
+
+    # -- records made by the driver (worker died, timeout, skipped) --------------------------
+    def _driver_record(self, task: _Task, status: Status, error: str) -> dict:
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            **params_of(task.cell.to_dict()),
+            "status": status.value,
+            "error": error,
+            "started_at": task.started_at or _now(),
+            "finished_at": _now(),
+        }
+        if task.slot is not None:
+            record.update(task.slot.provenance)
+            record["cell_wall_s"] = time.monotonic() - task.started
+        return record
+
+    def _emit(self, task: _Task, record: dict) -> None:
+        record["attempt"] = task.attempt
+        if task.slot is not None:
+            record["worker_index"] = task.slot.index
+        self.on_record(record)
+
+    # -- queueing ---------------------------------------------------------------------------
+    def _enqueue(self, task: _Task, front: bool = False) -> None:
+        queue = self.queues.setdefault(task.cell.model.key(), deque())
+        queue.appendleft(task) if front else queue.append(task)
+
+    def _next_task(self, slot: _Slot) -> _Task | None:
+        if slot.model_key and self.queues.get(slot.model_key):
+            return self.queues[slot.model_key].popleft()
+        held = {s.model_key for s in self.slots if s is not slot}
+        candidates = [k for k, q in self.queues.items() if q]
+        if not candidates:
+            return None
+        free = [k for k in candidates if k not in held] or candidates
+        key = max(free, key=lambda k: len(self.queues[k]))
+        return self.queues[key].popleft()
+
+    def _busy(self) -> set[int]:
+        return {t.slot.index for t in self.inflight.values() if t.slot is not None}
+
+    def _dispatch_idle(self) -> None:
+        busy = self._busy()
+        for slot in self.slots:
+            if slot.index in busy:
+                continue
+            task = self._next_task(slot)
+            if task is None:
+                return
+            task.slot, task.started, task.started_at = slot, time.monotonic(), _now()
+            slot.model_key = task.cell.model.key()
+            self.inflight[slot.handle.run.remote(task.cell.to_dict())] = task
+
+    # -- results ----------------------------------------------------------------------------
+    def _finish(self, ref: Any, task: _Task) -> None:
+        ray = _import_ray()
+        try:
+            record = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            self._worker_died(task, e)
+            return
+        except ray.exceptions.RayError as e:
+            record = self._driver_record(task, Status.ERROR, f"Ray error: {_short(e)}")
+        self._emit(task, record)
+        if record.get("status") == Status.OOM.value:
+            self._skip_dominated(task.cell)
+
+    def _worker_died(self, task: _Task, exc: Exception) -> None:
+        if task.slot is not None:
+            task.slot.model_key = None  # the restarted process has no model loaded
+        tries = 1 + self.workers.retries
+        first = self.first_attempt.get(task.cell.cell_id, 1)
+        used = task.attempt - first + 1
+        retry = used < tries
+        note = (
+            f"; retrying ({used} of {tries} tries used)"
+            if retry
+            else f"; giving up after {tries} tries"
+        )
+        self._emit(
+            task, self._driver_record(task, Status.ERROR, f"worker died: {_short(exc)}{note}")
+        )
+        if retry:
+            self._enqueue(_Task(cell=task.cell, attempt=task.attempt + 1), front=True)
+
+    def _skip_dominated(self, failed: CellSpec) -> None:
+        for queue in self.queues.values():
+            keep = deque()
+            for task in queue:
+                if _dominates(failed, task.cell):
+                    self._emit(
+                        task,
+                        self._driver_record(
+                            task,
+                            Status.SKIPPED_OOM,
+                            f"not run: cell {failed.cell_id} ({failed.label()}) ran out of memory",
+                        ),
+                    )
+                else:
+                    keep.append(task)
+            queue.clear()
+            queue.extend(keep)
+
+    def _check_timeouts(self) -> None:
+        ray = _import_ray()
+        limit = self.workers.cell_timeout_s
+        now = time.monotonic()
+        for ref, task in list(self.inflight.items()):
+            if now - task.started <= limit:
+                continue
+            del self.inflight[ref]
+            self._emit(
+                task,
+                self._driver_record(
+                    task, Status.TIMEOUT, f"exceeded cell_timeout_s={limit:g}; worker replaced"
+                ),
+            )
+            ray.kill(task.slot.handle, no_restart=False)  # Ray restarts it
+            task.slot.model_key = None
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run every cell; raises Interrupted on Ctrl-C/SIGTERM after saving what finished."""
+        ray = _import_ray()
+        for cell in self.cells:
+            self._enqueue(_Task(cell=cell, attempt=self.first_attempt.get(cell.cell_id, 1)))
+        plan = plan_workers(self.workers, ray.cluster_resources(), len(self.cells))
+        log.info("starting %d %s worker(s) with %s", plan.count, plan.kind, plan.options)
+        try:
+            self.slots = _start_actors(plan, self.backend)
+            for slot in self.slots:
+                p = slot.provenance
+                log.info(
+                    "worker %d: %s on %s (node %s, CUDA_VISIBLE_DEVICES=%s)",
+                    slot.index,
+                    p.get("device"),
+                    p.get("hostname"),
+                    str(p.get("ray_node_id"))[:12],
+                    p.get("cuda_visible_devices"),
+                )
+            self._loop()
+        except KeyboardInterrupt:
+            self._drain()
+            raise Interrupted(
+                "interrupted: finished cells are saved; run the same submit again to resume"
+            ) from None
+        finally:
+            for slot in self.slots:
+                ray.kill(slot.handle, no_restart=True)
+
+    def _loop(self) -> None:
+        ray = _import_ray()
+        while True:
+            self._dispatch_idle()
+            if not self.inflight:
+                if any(self.queues.values()):
+                    continue
+                return
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=WAIT_TICK_S)
+            for ref in done:
+                task = self.inflight.pop(ref, None)
+                if task is not None:
+                    self._finish(ref, task)
+            self._check_timeouts()
+
+    def _drain(self) -> None:
+        """After an interrupt: keep what finishes within a short grace period."""
+        ray = _import_ray()
+        self.queues.clear()
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        if self.inflight:
+            log.warning(
+                "interrupted: waiting up to %.0fs for %d running cell(s)",
+                INTERRUPT_GRACE_S,
+                len(self.inflight),
+            )
+        while self.inflight and time.monotonic() < deadline:
+            try:
+                done, _ = ray.wait(
+                    list(self.inflight),
+                    num_returns=1,
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+            except KeyboardInterrupt:
+                break
+            for ref in done:
+                task = self.inflight.pop(ref)
+                try:
+                    self._emit(task, ray.get(ref))
+                except Exception as e:  # noqa: BLE001 - stopping anyway
+                    log.warning("dropped cell %s while stopping: %s", task.cell.cell_id, _short(e))
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"

@@ -1,0 +1,329 @@
+"""The results dataset of one job: one Parquet file per finished cell attempt.
+
+Layout of `<results>/<job name>/`:
+
+    part-<cell_id>-a<attempt>-<run_id>.parquet   one row each; together a Parquet dataset
+    _traces/<cell_id>-a<attempt>.json            Chrome traces of profiled cells
+    _ray/ray.log                                 Ray's driver-side log of each submit
+    _lock                                        held by the running submit
+
+Files starting with "_" or "." are ignored by `pyarrow.dataset.dataset(job_dir)`, so the
+directory reads as a dataset with pyarrow, pandas, polars or DuckDB without this project. Each
+file is written to a temporary name and renamed, so a reader never sees a partial file and a
+killed driver loses only the cells still running. Unreadable (e.g. truncated) files are reported
+by name and skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.errors import ResultsError, ResultsLockedError
+from workers.record import Status
+
+log = logging.getLogger(__name__)
+
+_STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+_TS = pa.timestamp("ms", tz="UTC")
+
+# Known columns and their types; every file carries all of them (null where not applicable),
+# so plain `pyarrow.dataset.dataset(dir)` sees the same schema whichever file it reads first.
+KNOWN_COLUMNS: dict[str, pa.DataType] = {
+    "schema_version": pa.int32(),
+    "run_id": _STR,
+    "job_name": _STR,
+    "cell_id": _STR,
+    "attempt": _I64,
+    "status": _STR,
+    "error": _STR,
+    "error_detail": _STR,
+    # parameters
+    "method": _STR,
+    "batch_size": _I64,
+    "prompt_len": _I64,
+    "max_tokens": _I64,
+    "temperature": _F64,
+    "top_k": _I64,
+    "dtype": _STR,
+    "warmup": _I64,
+    "repeats": _I64,
+    "seed": _I64,
+    "prompt": _STR,
+    "profile": _BOOL,
+    "model_tag": _STR,
+    "model_checkpoint": _STR,
+    "model_step": _I64,
+    "model_vocab_size": _I64,
+    "model_sequence_len": _I64,
+    "model_head_dim": _I64,
+    "model_dtype": _STR,
+    "model_seed": _I64,
+    # metrics (engine.bench BenchResult.to_dict)
+    "ttft_ms": _F64,
+    "prefill_tok_s": _F64,
+    "decode_tok_s": _F64,
+    "decode_step_ms_mean": _F64,
+    "decode_step_ms_p50": _F64,
+    "decode_step_ms_p90": _F64,
+    "decode_step_ms_p99": _F64,
+    "decode_step_ms_min": _F64,
+    "decode_step_ms_max": _F64,
+    "decode_step_ms_std": _F64,
+    "decode_step_ms_cv": _F64,
+    "e2e_ms": _F64,
+    "decode_step_ms": pa.list_(_F64),
+    "peak_allocated_bytes": _I64,
+    "peak_reserved_bytes": _I64,
+    "peak_rss_growth_bytes": _I64,
+    "weight_bytes": _I64,
+    "kv_cache_bytes": _I64,
+    "tokens_sha256": _STR,
+    "n_generated": _I64,
+    "trace_path": _STR,
+    # provenance
+    "hostname": _STR,
+    "pid": _I64,
+    "device": _STR,
+    "gpu_name": _STR,
+    "cuda_visible_devices": _STR,
+    "ray_node_id": _STR,
+    "ray_actor_id": _STR,
+    "ray_gpu_ids": _STR,
+    "worker_index": _I64,
+    "python_version": _STR,
+    "platform": _STR,
+    "cpu_count": _I64,
+    "torch_version": _STR,
+    "torch_num_threads": _I64,
+    "ray_version": _STR,
+    "git_commit": _STR,
+    # timing of the attempt
+    "started_at": _TS,
+    "finished_at": _TS,
+    "cell_wall_s": _F64,
+    "model_load_s": _F64,
+}
+_PART = re.compile(r"^part-.*\.parquet$")
+
+
+def _infer_type(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return _BOOL
+    if isinstance(value, int):
+        return _I64
+    if isinstance(value, float):
+        return _F64
+    if isinstance(value, (bytes, bytearray)):
+        return pa.binary()
+    if isinstance(value, (list, tuple)):
+        return pa.list_(_F64) if all(isinstance(v, (int, float)) for v in value) else pa.list_(_STR)
+    if value is None:
+        return pa.null()
+    return _STR
+
+
+def _to_timestamp(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return value
+
+
+def record_to_table(record: dict) -> pa.Table:
+    """One record -> a one-row table with the known schema (plus inferred extra columns)."""
+    names, arrays = [], []
+    for name, typ in KNOWN_COLUMNS.items():
+        value = record.get(name)
+        if typ == _TS:
+            value = _to_timestamp(value)
+        try:
+            arrays.append(pa.array([value], type=typ))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            log.warning("column %s: value %r is not %s; stored as text", name, value, typ)
+            arrays.append(pa.array([None], type=typ))
+            names.append(name)
+            names.append(f"{name}_raw")
+            arrays.append(pa.array([repr(value)], type=_STR))
+            continue
+        names.append(name)
+    for name in sorted(set(record) - set(KNOWN_COLUMNS)):
+        value = record[name]
+        if isinstance(value, dict):
+            value = repr(value)
+        try:
+            arrays.append(pa.array([value], type=_infer_type(value)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            arrays.append(pa.array([repr(value)], type=_STR))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+@dataclass
+class LoadedResults:
+    """Rows read from a results directory, plus the files that could not be read."""
+
+    table: pa.Table | None
+    bad_files: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        return [] if self.table is None else self.table.to_pylist()
+
+
+class ResultStore:
+    """Reads and writes the dataset in `job_dir` (see the module docstring)."""
+
+    def __init__(self, job_dir: str | os.PathLike):
+        self.job_dir = Path(job_dir)
+        self._lock_file = None
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def traces_dir(self) -> Path:
+        return self.job_dir / "_traces"
+
+    @property
+    def ray_log(self) -> Path:
+        return self.job_dir / "_ray" / "ray.log"
+
+    def part_files(self) -> list[Path]:
+        if not self.job_dir.is_dir():
+            return []
+        return sorted(p for p in self.job_dir.iterdir() if _PART.match(p.name))
+
+    # -- locking ----------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the job's lock or raise ResultsLockedError naming the holder."""
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        path = self.job_dir / "_lock"
+        f = open(path, "a+")  # noqa: SIM115 - held open until unlock()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            f.close()
+            raise ResultsLockedError(
+                f"{self.job_dir} is in use by another submit ({holder}); "
+                f"wait for it to finish or use another --results"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- writing ----------------------------------------------------------------------------
+    def write(self, record: dict) -> Path:
+        """Durably write one record (and its trace, if any); returns the Parquet file path."""
+        record = dict(record)
+        cell_id, attempt, run_id = record["cell_id"], record.get("attempt", 1), record["run_id"]
+        trace = record.pop("trace_json", None)
+        if trace:
+            self.traces_dir.mkdir(parents=True, exist_ok=True)
+            trace_path = self.traces_dir / f"{cell_id}-a{attempt}.json"
+            _atomic_write(trace_path, trace if isinstance(trace, bytes) else trace.encode())
+            record["trace_path"] = str(trace_path.relative_to(self.job_dir))
+        path = self.job_dir / f"part-{cell_id}-a{attempt}-{run_id}.parquet"
+        table = record_to_table(record)
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.job_dir / f".tmp-{path.name}"
+        pq.write_table(table, tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+        return path
+
+    # -- reading ----------------------------------------------------------------------------
+    def load(self) -> LoadedResults:
+        """All readable rows; unreadable files are logged by name and skipped."""
+        tables, bad = [], []
+        for path in self.part_files():
+            try:
+                tables.append(pq.read_table(path))
+            except Exception as e:  # noqa: BLE001 - truncated, not Parquet, unreadable
+                log.warning(
+                    "skipping unreadable results file %s: %s", path, " ".join(str(e).split())[:200]
+                )
+                bad.append(str(path))
+        if not tables:
+            return LoadedResults(None, bad)
+        return LoadedResults(pa.concat_tables(tables, promote_options="permissive"), bad)
+
+    def cell_history(self) -> dict[str, list[dict]]:
+        """cell_id -> its rows' (attempt, status, finished_at), oldest first."""
+        loaded = self.load()
+        history: dict[str, list[dict]] = {}
+        if loaded.table is None:
+            return history
+        cols = [
+            c
+            for c in ("cell_id", "attempt", "status", "finished_at")
+            if c in loaded.table.column_names
+        ]
+        for row in loaded.table.select(cols).to_pylist():
+            history.setdefault(row["cell_id"], []).append(row)
+        for rows in history.values():
+            rows.sort(
+                key=lambda r: (
+                    r.get("finished_at") is None,
+                    r.get("finished_at"),
+                    r.get("attempt") or 0,
+                )
+            )
+        return history
+
+    def ok_cell_ids(self) -> set[str]:
+        """Cells that already have an ok row (skipped on resume)."""
+        return {
+            cid
+            for cid, rows in self.cell_history().items()
+            if any(r["status"] == Status.OK.value for r in rows)
+        }
+
+    def require_results(self) -> LoadedResults:
+        """load(), or ResultsError when the directory holds no readable rows."""
+        if not self.job_dir.is_dir():
+            raise ResultsError(f"{self.job_dir}: no such results directory")
+        loaded = self.load()
+        if loaded.table is None:
+            raise ResultsError(f"{self.job_dir}: no readable results files")
+        return loaded
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,198 @@
+"""One `submit`: expand the job, skip finished cells, run the rest on Ray, save every attempt.
+
+    outcome = submit_job(job, Path("results"), address=None)
+    outcome.exit_code   # 0 all cells ok, 1 some failed (the rest are saved)
+
+The driver writes the dataset itself (workers only return records), so a cluster needs no
+shared disk. Resume is by cell_id: cells with an ok row are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator import summary
+from orchestrator.errors import ClusterError
+from orchestrator.grid import CellSpec, expand_cells
+from orchestrator.spec import JobSpec
+from orchestrator.store import ResultStore
+from workers.record import Status
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class SubmitOutcome:
+    """What a submit did: counts of cells and where the results are."""
+
+    job_dir: Path
+    total: int
+    skipped: int
+    ran: int
+    failed: int
+    rows: list[dict]
+    wall_s: float
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def new_run_id() -> str:
+    return f"{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def git_commit() -> str | None:
+    """The project's git commit (with '-dirty' when tracked files changed), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            text=True,
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            text=True,
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class _Progress:
+    """Writes each record and logs one progress line per attempt."""
+
+    def __init__(self, store: ResultStore, job: JobSpec, cells: list[CellSpec], run_id: str):
+        self.store, self.job, self.run_id = store, job, run_id
+        self.labels = {c.cell_id: c.label() for c in cells}
+        self.total = len(cells)
+        self.finished: set[str] = set()
+        self.commit = git_commit()
+
+    def __call__(self, record: dict) -> None:
+        record.update(run_id=self.run_id, job_name=self.job.name, git_commit=self.commit)
+        self.store.write(record)
+        status = record.get("status")
+        cid = record.get("cell_id")
+        retrying = status == Status.ERROR.value and "retrying" in (record.get("error") or "")
+        if not retrying:
+            self.finished.add(cid)
+        label = self.labels.get(cid, cid)
+        if status == Status.OK.value:
+            detail = (
+                f"decode {record.get('decode_tok_s') or 0:,.1f} tok/s, "
+                f"TTFT {record.get('ttft_ms') or 0:,.2f} ms"
+            )
+        else:
+            detail = record.get("error") or ""
+        wall = record.get("cell_wall_s")
+        where = f"worker {record.get('worker_index')}" + (f", {wall:.1f}s" if wall else "")
+        log.info(
+            "[%d/%d] %-11s %s  %s  (%s)",
+            len(self.finished),
+            self.total,
+            status,
+            label,
+            detail,
+            where,
+        )
+
+
+def submit_job(
+    job: JobSpec, results_root: Path, *, address: str | None = None, backend: Any = None
+) -> SubmitOutcome:
+    """Run the job's unfinished cells and return the outcome (see module docstring)."""
+    t0 = time.perf_counter()
+    cells = expand_cells(job)
+    job_dir = Path(results_root) / job.name
+    created = [p for p in (Path(results_root), job_dir) if not p.exists()]
+    store = ResultStore(job_dir)
+    store.lock()
+    try:
+        history = store.cell_history()
+        ok = {
+            cid
+            for cid, rows in history.items()
+            if any(r["status"] == Status.OK.value for r in rows)
+        }
+        todo = [c for c in cells if c.cell_id not in ok]
+        first_attempt = {
+            c.cell_id: max(r.get("attempt") or 0 for r in history[c.cell_id]) + 1
+            for c in todo
+            if c.cell_id in history
+        }
+        skipped = len(cells) - len(todo)
+        log.info(
+            "job %s: %d cells, %d already done (skipped), %d to run; results in %s",
+            job.name,
+            len(cells),
+            skipped,
+            len(todo),
+            job_dir,
+        )
+        if todo:
+            _run(job, todo, store, address, backend, first_attempt, created)
+    finally:
+        store.unlock()
+    ids = {c.cell_id for c in cells}
+    rows = [r for r in store.load().rows() if r.get("cell_id") in ids]
+    latest = {r["cell_id"]: r for r in summary.latest_rows(rows)}
+    failed = sum(1 for c in cells if latest.get(c.cell_id, {}).get("status") != Status.OK.value)
+    return SubmitOutcome(
+        job_dir=job_dir,
+        total=len(cells),
+        skipped=skipped,
+        ran=len(todo),
+        failed=failed,
+        rows=rows,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def _run(
+    job: JobSpec,
+    todo: list[CellSpec],
+    store: ResultStore,
+    address: str | None,
+    backend: Any,
+    first_attempt: dict,
+    created: list[Path],
+) -> None:
+    from orchestrator.dispatch import Dispatcher, connect
+
+    try:
+        conn = connect(address, store.ray_log)
+    except ClusterError:
+        store.unlock()
+        if created and not store.part_files():  # leave no trace of a run that never started
+            shutil.rmtree(created[0], ignore_errors=True)
+        raise
+    if conn.started:
+        log.info(
+            "Ray logs: %s (worker logs under the Ray session directory, "
+            "/tmp/ray/session_latest/logs)",
+            store.ray_log,
+        )
+    try:
+        progress = _Progress(store, job, todo, new_run_id())
+        Dispatcher(todo, job.workers, progress, backend=backend, first_attempt=first_attempt).run()
+    finally:
+        conn.close()

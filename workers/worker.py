@@ -1,0 +1,222 @@
+"""`CellWorker`: load a model once, run cells on it, return one plain record per cell.
+
+It runs in-process (tests, debugging) or inside the Ray actor of actor.py. The engine is reached
+through a small backend object so tests can inject a fake one:
+
+    worker = CellWorker()                      # real engine (engine.bench.measure_cell)
+    record = worker.run(cell.to_dict())        # never raises: failures are records
+
+Torch and the engine are imported lazily, so importing this module stays cheap for the driver.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from workers.errors import BadCellError
+from workers.record import SCHEMA_VERSION, Status, params_of
+
+log = logging.getLogger(__name__)
+
+MAX_DETAIL_CHARS = 4000
+
+
+class Backend(Protocol):
+    """What a worker needs from an engine: load a model, measure a cell on it."""
+
+    def device(self) -> str: ...
+
+    def load(self, model: dict, *, device: str, dtype: str) -> Any: ...
+
+    def measure(self, model: Any, cell: dict, *, device: str) -> dict: ...
+
+
+class EngineBackend:
+    """The real backend: engine.model / engine.checkpoint / engine.bench."""
+
+    def device(self) -> str:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def load(self, model: dict, *, device: str, dtype: str) -> Any:
+        import torch
+
+        torch_dtype = getattr(torch, dtype)
+        if model["checkpoint"] == "random":
+            from engine.config import UNetConfig
+            from engine.model import UNet
+
+            config = UNetConfig.from_tag(
+                model["tag"],
+                vocab_size=model["vocab_size"],
+                head_dim=model["head_dim"],
+                sequence_len=model["sequence_len"],
+            )
+            net = UNet(config)
+            net.init_weights(kind="random", seed=model.get("seed", 0))
+        else:
+            from engine.checkpoint import load_checkpoint
+
+            net, _meta = load_checkpoint(
+                model["checkpoint"], step=model.get("step"), device=device, dtype=torch_dtype
+            )
+        net = net.to(device=device, dtype=torch_dtype)
+        net.eval()
+        return net
+
+    def measure(self, model: Any, cell: dict, *, device: str) -> dict:
+        from engine.bench import BenchSpec, measure_cell
+
+        spec = BenchSpec(
+            method=cell["method"],
+            batch_size=cell["batch_size"],
+            prompt_len=cell["prompt_len"],
+            max_tokens=cell["max_tokens"],
+            temperature=cell["temperature"],
+            top_k=cell["top_k"],
+            seed=cell["seed"],
+            warmup=cell["warmup"],
+            repeats=cell["repeats"],
+            prompt_text=cell["prompt"],
+            device=device,
+            dtype=cell["dtype"],
+            profile=cell["profile"],
+        )
+        return measure_cell(model, spec).to_dict()
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001 - not installed or broken metadata
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class CellWorker:
+    """Runs cells in this process; keeps the most recently used model loaded.
+
+    `backend` defaults to the real engine; `extra_provenance` (e.g. Ray node id, added by the
+    actor) is merged into every record.
+    """
+
+    def __init__(
+        self, backend: Backend | None = None, extra_provenance: Callable[[], dict] | None = None
+    ):
+        self._backend = backend if backend is not None else EngineBackend()
+        self._extra_provenance = extra_provenance
+        self._models: dict[str, Any] = {}
+        self._provenance: dict | None = None
+
+    def provenance(self) -> dict:
+        """Where this worker runs: host, device, GPU, CUDA_VISIBLE_DEVICES, versions."""
+        if self._provenance is None:
+            self._provenance = self._gather_provenance()
+        out = dict(self._provenance)
+        if self._extra_provenance is not None:
+            out.update(self._extra_provenance())
+        return out
+
+    def _gather_provenance(self) -> dict:
+        device = self._backend.device()
+        info = {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": device,
+            "gpu_name": None,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "python_version": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_version": _dist_version("torch"),
+            "torch_num_threads": None,
+        }
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            info["torch_num_threads"] = torch.get_num_threads()
+            if device.startswith("cuda"):
+                info["gpu_name"] = torch.cuda.get_device_name(0)
+        return info
+
+    def _model(self, model: dict, device: str, dtype: str) -> tuple[Any, float]:
+        key = json.dumps([model, device, dtype], sort_keys=True, default=str)
+        if key in self._models:
+            return self._models[key], 0.0
+        self._release_models()  # one model at a time: the driver groups cells by model
+        t0 = time.perf_counter()
+        net = self._backend.load(model, device=device, dtype=dtype)
+        self._models[key] = net
+        return net, time.perf_counter() - t0
+
+    def _release_models(self) -> None:
+        self._models.clear()
+        self._free_memory()
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def run(self, cell: dict) -> dict:
+        """Run one cell and return its record (status ok/error/oom); never raises."""
+        started_at, t0 = _now(), time.perf_counter()
+        record: dict = {"schema_version": SCHEMA_VERSION, **params_of(cell)}
+        record.update(status=Status.OK.value, error=None, error_detail=None, model_load_s=None)
+        try:
+            missing = [
+                k
+                for k in ("method", "batch_size", "prompt_len", "max_tokens", "model", "dtype")
+                if k not in cell
+            ]
+            if missing:
+                raise BadCellError(f"cell is missing {', '.join(missing)}")
+            provenance = self.provenance()
+            record.update(provenance)
+            device = provenance["device"]
+            model, load_s = self._model(cell["model"], device, cell["dtype"])
+            record["model_load_s"] = load_s
+            metrics = self._backend.measure(model, cell, device=device)
+            for key, value in metrics.items():
+                if key not in record:
+                    record[key] = value
+        except Exception as exc:  # noqa: BLE001 - failures are data, not crashes
+            status = Status.OOM if _is_oom(exc) else Status.ERROR
+            record.update(
+                status=status.value,
+                error=_one_line(exc),
+                error_detail=traceback.format_exc()[-MAX_DETAIL_CHARS:],
+            )
+            log.warning("cell %s failed: %s", cell.get("cell_id"), record["error"])
+            self._free_memory()
+        record.update(
+            started_at=started_at, finished_at=_now(), cell_wall_s=time.perf_counter() - t0
+        )
+        return record
