@@ -179,5 +179,5 @@ def parse_tag(tag: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
             f"expected {_TAG_FORM}"
         )
     if any(v <= 0 for v in depths + widths):
-        raise ConfigError(f"malformed model tag {tag!r}: depths and widths must be positive")
+        raise ConfigError(f"malformed model tag {tag!r}: depths and widths must be positive; expected {_TAG_FORM}")
     return depths, widths

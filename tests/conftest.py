@@ -12,6 +12,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "nanochat_unet"
 GOLDEN_TAG = "d[2,2]-h[64,128]"
 GOLDEN_DIR = FIXTURES / "golden_checkpoints" / GOLDEN_TAG
 
+# Tiny models gain nothing from intra-op threads, and OpenMP threads spinning on a busy 2-core
+# machine (Ray workers, a parallel test run) slow small ops down by 30x.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
