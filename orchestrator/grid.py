@@ -141,6 +141,7 @@ class CellSpec:
     seed: int = 42
     prompt: str | None = None
     profile: bool = False
+    memory_budget_bytes: int | None = None
 
     def params(self) -> dict:
         """Canonical parameters (everything but the model), JSON-ready."""
@@ -157,6 +158,7 @@ class CellSpec:
             "seed": int(self.seed),
             "prompt": self.prompt,
             "profile": bool(self.profile),
+            "memory_budget_bytes": self.memory_budget_bytes,
         }
 
     @property
@@ -219,6 +221,7 @@ def _make_cell(job: JobSpec, model: ModelSpec, params: dict) -> CellSpec:
         repeats=m.repeats,
         seed=m.seed,
         prompt=m.prompt,
+        memory_budget_bytes=m.memory_budget_bytes,
         profile=job.profile,
         **params,
     )

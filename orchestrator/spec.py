@@ -51,7 +51,7 @@ MODEL_KEYS = (
     "dtype",
     "seed",
 )
-MEASURE_KEYS = ("warmup", "repeats", "seed", "prompt")
+MEASURE_KEYS = ("warmup", "repeats", "seed", "prompt", "memory_budget_bytes")
 WORKERS_KEYS = ("gpus_per_worker", "max_workers", "cpu_workers", "retries", "cell_timeout_s")
 ROTARY_LEN_FACTOR = 10  # mirrors engine.config.ROTARY_LEN_FACTOR
 _STEP_FILE = re.compile(r"^model_(\d+)\.pt$")
@@ -126,9 +126,11 @@ class MeasureSpec:
     repeats: int = 3
     seed: int = 42
     prompt: str | None = None
+    memory_budget_bytes: int | None = None  # simulate a device memory limit (OOM before running)
 
     def __post_init__(self) -> None:
-        _require(checks.nonneg_int, self.warmup, "warmup")
+        _require(checks.optional_positive_int, self.memory_budget_bytes, "memory_budget_bytes")
+        _require(checks.positive_int, self.warmup, "warmup")
         _require(checks.positive_int, self.repeats, "repeats")
         _require(checks.any_int, self.seed, "seed")
         _require(checks.optional_text, self.prompt, "prompt")
@@ -208,10 +210,11 @@ def parse_job_spec(doc: Document, default_name: str = "job") -> JobSpec:
             data,
             "measure",
             {
-                "warmup": checks.nonneg_int,
+                "warmup": checks.positive_int,
                 "repeats": checks.positive_int,
                 "seed": checks.any_int,
                 "prompt": checks.optional_text,
+                "memory_budget_bytes": checks.optional_positive_int,
             },
         )
     )
@@ -366,12 +369,12 @@ def _parse_model(doc: Document, path: tuple, raw: Any) -> ModelSpec:
             head_dim=head_dim,
             seed=raw.get("seed", 0),
         )
+    directory = _resolve_checkpoint_dir(doc, path + ("checkpoint",), checkpoint, tag)
     for key in ("vocab_size", "sequence_len", "head_dim", "seed"):
         if key in raw:
             raise doc.error(
                 path + (key,), "only applies to checkpoint: random (a checkpoint brings its own)"
             )
-    directory = _resolve_checkpoint_dir(doc, path + ("checkpoint",), checkpoint, tag)
     step = _resolve_step(doc, path, directory, raw.get("step"))
     meta = _read_meta(doc, path, directory, step)
     cfg = meta.get("model_config") or {}

@@ -71,8 +71,23 @@ def _match(by_method: dict) -> str:
         return "-"
     if a == b:
         return "yes"
-    pos = cached.get("first_mismatch") or naive.get("first_mismatch")
-    return f"NO (at {pos})" if pos is not None else "NO"
+    pos = first_mismatch(naive.get("generated_ids"), cached.get("generated_ids"))
+    return f"NO (from token {pos})" if pos is not None else "NO"
+
+
+def first_mismatch(a: list | None, b: list | None) -> int | None:
+    """First generated-token index where any row of two id matrices differ (None if unknown).
+
+    >>> first_mismatch([[1, 2, 3]], [[1, 2, 4]])
+    2
+    """
+    if not a or not b or len(a) != len(b):
+        return None
+    width = max(max(len(x), len(y)) for x, y in zip(a, b))
+    for i in range(width):
+        if any(i >= len(x) or i >= len(y) or x[i] != y[i] for x, y in zip(a, b)):
+            return i
+    return None
 
 
 def model_tables(rows: list[dict]) -> list[tuple[str, str]]:

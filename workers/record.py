@@ -34,6 +34,7 @@ PARAM_KEYS = (
     "seed",
     "prompt",
     "profile",
+    "memory_budget_bytes",
 )
 MODEL_KEYS = (
     "tag",

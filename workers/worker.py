@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from workers.errors import BadCellError
@@ -89,12 +90,31 @@ class EngineBackend:
             seed=cell["seed"],
             warmup=cell["warmup"],
             repeats=cell["repeats"],
-            prompt_text=cell["prompt"],
+            prompt_text=cell.get("prompt"),
             device=device,
             dtype=cell["dtype"],
-            profile=cell["profile"],
+            profile=cell.get("profile", False),
         )
-        return measure_cell(model, spec).to_dict()
+        tokenizer = self._tokenizer(cell["model"]) if cell.get("prompt") else None
+        result = measure_cell(
+            model, spec, tokenizer, memory_budget_bytes=cell.get("memory_budget_bytes")
+        )
+        out = result.to_dict()
+        if not cell["temperature"]:  # greedy: keep the ids so naive and cached can be compared
+            out["generated_ids"] = [list(map(int, row)) for row in result.generated_ids]
+        return out
+
+    def _tokenizer(self, model: dict) -> Any:
+        """The checkpoint's nanochat tokenizer (<base>/tokenizer/), else $NANOCHAT_BASE_DIR's,
+        else the byte tokenizer (random models)."""
+        from engine.tokenizer import ByteTokenizer, load_tokenizer
+
+        if model["checkpoint"] == "random":
+            return ByteTokenizer()
+        base = Path(model["checkpoint"]).parent.parent  # <base>/base_checkpoints/<tag>
+        if (base / "tokenizer" / "tokenizer.pkl").is_file():
+            return load_tokenizer(base)
+        return load_tokenizer()
 
 
 def _dist_version(name: str) -> str | None:
