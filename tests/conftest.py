@@ -39,3 +39,20 @@ def nanochat_base(tmp_path) -> Path:
     shutil.copytree(GOLDEN_DIR, base / "base_checkpoints" / GOLDEN_TAG)
     shutil.copytree(FIXTURES / "tokenizer", base / "tokenizer")
     return base
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local 2-CPU Ray (no dashboard) started once per session; yields the ray module.
+
+    Workers inherit the repository root as their working directory, so they import `engine`,
+    `workers` and `tests.*` like the test process does.
+    """
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()
