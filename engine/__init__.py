@@ -4,6 +4,8 @@ Token ids in, token ids out: the model (``UNet``), nanochat checkpoints, naive g
 oracle) and the exact KV-cached ``UNetEngine``. It never imports Ray or the orchestrator.
 """
 
+from engine.bench import BenchResult, BenchSpec, BenchSpecError, measure_cell
+from engine.benchmark import BenchmarkResult, ComparisonResult, InferenceBenchmark
 from engine.cache import DecodeState, kv_cache_bytes
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import UNetConfig
@@ -11,9 +13,13 @@ from engine.engine import UNetEngine
 from engine.errors import CheckpointError, ConfigError, EngineError, GenerationError
 from engine.model import UNet
 from engine.naive import naive_generate
+from engine.profiler import LatencyStats, MemoryProfiler, SimpleTimer, TorchProfiler
 from engine.tokenizer import ByteTokenizer, TiktokenTokenizer, load_tokenizer
 
 __all__ = [
+    "BenchResult", "BenchSpec", "BenchSpecError", "BenchmarkResult", "ComparisonResult",
+    "InferenceBenchmark", "LatencyStats", "MemoryProfiler", "SimpleTimer", "TorchProfiler",
+    "measure_cell",
     "ByteTokenizer", "CheckpointError", "ConfigError", "DecodeState", "EngineError",
     "GenerationError", "TiktokenTokenizer", "UNet", "UNetConfig", "UNetEngine",
     "kv_cache_bytes", "load_checkpoint", "load_tokenizer", "naive_generate", "save_checkpoint",
