@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+from torch.profiler import record_function
 
 from engine.model import UNet
 from engine.sampling import as_prompt_batch, check_request, make_generator, sample_next
@@ -32,6 +33,7 @@ def naive_generate(
     generator = make_generator(seed, device) if temperature > 0 else None
     for _ in range(max_tokens):
         logits = model(ids)[:, -1]
-        next_ids = sample_next(logits, temperature, top_k, generator)
+        with record_function("sampling"):
+            next_ids = sample_next(logits, temperature, top_k, generator)
         ids = torch.cat((ids, next_ids[:, None]), dim=1)
         yield next_ids
