@@ -1,0 +1,197 @@
+"""The driver on a local 2-CPU Ray: a small job end to end on the real engine (Parquet rows,
+types, summary), resume, worker crashes with retries, timeouts, and out-of-memory skipping."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.spec import load_job_spec
+from orchestrator.submit import submit_job
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+TINY_MODEL = """\
+model:
+  tag: d[2,2]-h[64,128]
+  checkpoint: random
+  vocab_size: 256
+  sequence_len: 64
+  head_dim: 32
+measure:
+  warmup: 1
+  repeats: 1
+"""
+
+
+def write_job(tmp_path: Path, body: str, name: str = "job") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + TINY_MODEL + textwrap.dedent(body))
+    return path
+
+
+def read_rows(job_dir: Path) -> pa.Table:
+    return ds.dataset(job_dir, format="parquet").to_table()
+
+
+def test_small_job_end_to_end_on_the_engine(tmp_path, capsys):
+    pytest.importorskip("engine.bench")
+    spec = write_job(tmp_path, """\
+        grid:
+          method: [naive, cached]
+          batch_size: [1, 2]
+          prompt_len: [8]
+          max_tokens: [4]
+        workers: {cpu_workers: 2}
+    """)
+    results = tmp_path / "results"
+    assert main(["submit", str(spec), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "decode tok/s naive" in out and "decode tok/s cached" in out and "speedup" in out
+    assert "4 ok (cells)" in out
+    table = read_rows(results / "job")
+    assert table.num_rows == 4
+    types = {f.name: f.type for f in table.schema}
+    assert types["batch_size"] == pa.int64() and types["decode_tok_s"] == pa.float64()
+    assert types["decode_step_ms"] == pa.list_(pa.float64())
+    assert types["finished_at"] == pa.timestamp("ms", tz="UTC")
+    rows = table.to_pylist()
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(r["ray_node_id"] and r["hostname"] and r["torch_version"] for r in rows)
+    assert all(r["run_id"] == rows[0]["run_id"] and r["attempt"] == 1 for r in rows)
+    by = {(r["method"], r["batch_size"]): r for r in rows}
+    for b in (1, 2):
+        assert by["naive", b]["tokens_sha256"] == by["cached", b]["tokens_sha256"]
+
+    # the same submit again: everything is skipped, nothing duplicated
+    assert main(["submit", str(spec), "--results", str(results)]) == 0
+    assert read_rows(results / "job").num_rows == 4
+    # summarize prints the tables again
+    capsys.readouterr()
+    assert main(["summarize", str(results / "job")]) == 0
+    assert "yes" in capsys.readouterr().out
+
+
+def test_resume_runs_only_missing_cells(tmp_path):
+    pytest.importorskip("engine.bench")
+    spec = write_job(tmp_path, "grid: {method: [cached], batch_size: [1], prompt_len: [8], "
+                               "max_tokens: [4]}\n")
+    results = tmp_path / "r"
+    first = submit_job(load_job_spec(str(spec)), results)
+    assert (first.ran, first.skipped, first.exit_code) == (1, 0, 0)
+    bigger = load_job_spec(str(spec), ["grid.batch_size=[1, 2]"])
+    second = submit_job(bigger, results)
+    assert (second.ran, second.skipped, second.exit_code) == (1, 1, 0)
+    assert read_rows(results / "job").num_rows == 2
+
+
+class CrashingBackend:
+    """batch_size 2 kills its worker on the first attempt only; 3 always; 5 hangs."""
+
+    def __init__(self, marker_dir: str):
+        self.marker_dir = marker_dir
+
+    def device(self):
+        return "cpu"
+
+    def load(self, model, *, device, dtype):
+        return object()
+
+    def measure(self, model, cell, *, device):
+        b = cell["batch_size"]
+        marker = os.path.join(self.marker_dir, f"{cell['cell_id']}.crashed")
+        if b == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        if b == 3:
+            os._exit(1)
+        if b == 5:
+            time.sleep(60)
+        return {"decode_tok_s": 1.0, "ttft_ms": 1.0, "tokens_sha256": "x"}
+
+
+def test_worker_crash_is_retried_then_recorded(tmp_path):
+    spec = write_job(tmp_path, """\
+        grid: {method: [cached], batch_size: [1, 2, 3, 4], prompt_len: [8], max_tokens: [4]}
+        workers: {retries: 1, cpu_workers: 2}
+    """)
+    outcome = submit_job(load_job_spec(str(spec)), tmp_path / "r",
+                         backend=CrashingBackend(str(tmp_path)))
+    assert outcome.exit_code == 1 and outcome.failed == 1
+    rows = read_rows(tmp_path / "r" / "job").to_pylist()
+    by_b: dict = {}
+    for r in rows:
+        by_b.setdefault(r["batch_size"], []).append(r)
+    assert [r["status"] for r in by_b[1]] == ["ok"] and [r["status"] for r in by_b[4]] == ["ok"]
+    crashed_once = sorted(by_b[2], key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["status"]) for r in crashed_once] == [(1, "error"), (2, "ok")]
+    assert "worker died" in crashed_once[0]["error"]
+    always = sorted(by_b[3], key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["status"]) for r in always] == [(1, "error"), (2, "error")]
+    assert "giving up after 2 tries" in always[-1]["error"]
+
+
+def test_cell_timeout_is_recorded_and_worker_replaced(tmp_path):
+    spec = write_job(tmp_path, """\
+        grid: {method: [cached], batch_size: [5, 1], prompt_len: [8], max_tokens: [4]}
+        workers: {cell_timeout_s: 3, cpu_workers: 1}
+    """)
+    outcome = submit_job(load_job_spec(str(spec)), tmp_path / "r",
+                         backend=CrashingBackend(str(tmp_path)))
+    rows = {r["batch_size"]: r for r in read_rows(tmp_path / "r" / "job").to_pylist()}
+    assert rows[5]["status"] == "timeout" and "cell_timeout_s=3" in rows[5]["error"]
+    assert rows[1]["status"] == "ok"  # ran on the replaced worker
+    assert outcome.exit_code == 1
+
+
+def test_oom_skips_dominated_cells(tmp_path):
+    pytest.importorskip("engine.bench")
+    from engine.bench import BenchSpec, estimate_cell_bytes
+    from engine.config import UNetConfig
+    from engine.model import UNet
+
+    model = UNet(UNetConfig.from_tag("d[2,2]-h[64,128]", vocab_size=256, head_dim=32,
+                                     sequence_len=64))
+    need = {b: estimate_cell_bytes(model, BenchSpec(method="cached", batch_size=b,
+                                                    prompt_len=8, max_tokens=4))["total_bytes"]
+            for b in (1, 2)}
+    budget = (need[1] + need[2]) // 2
+    spec = write_job(tmp_path, f"""\
+        grid: {{method: [cached], batch_size: [1, 2, 4], prompt_len: [8], max_tokens: [4]}}
+        workers: {{cpu_workers: 1}}
+    """)
+    job = load_job_spec(str(spec), [f"measure.memory_budget_bytes={budget}"])
+    outcome = submit_job(job, tmp_path / "r")
+    status = {r["batch_size"]: r["status"] for r in read_rows(tmp_path / "r" / "job").to_pylist()}
+    assert status == {1: "ok", 2: "oom", 4: "skipped_oom"}
+    assert outcome.exit_code == 1
+
+
+def test_in_process_worker_equals_ray_worker(ray_session):
+    pytest.importorskip("engine.bench")
+    from orchestrator.grid import CellSpec
+    from orchestrator.spec import ModelSpec
+    from workers.actor import RemoteCellActor
+    from workers.worker import CellWorker
+
+    model = ModelSpec(tag="d[2,2]-h[64,128]", vocab_size=256, sequence_len=64, head_dim=32)
+    cell = CellSpec(model=model, method="cached", batch_size=2, prompt_len=8, max_tokens=4,
+                    repeats=1).to_dict()
+    local = CellWorker().run(cell)
+    actor = RemoteCellActor.options(num_cpus=1).remote()
+    try:
+        remote = ray_session.get(actor.run.remote(cell), timeout=120)
+    finally:
+        ray_session.kill(actor)
+    timing = ("ms", "tok_s", "_s", "_at", "bytes", "pid", "ray_", "cv", "threads")
+    same = [k for k in local if not any(t in k for t in timing)]
+    assert {k: local[k] for k in same} == {k: remote.get(k) for k in same}
+    assert remote["ray_node_id"] and sys.modules.get("ray")

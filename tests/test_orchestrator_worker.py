@@ -1,0 +1,108 @@
+"""CellWorker in-process: records for ok / error / oom cells, one model load per model,
+provenance, and the real engine end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.grid import CellSpec
+from orchestrator.spec import ModelSpec
+from workers.record import SCHEMA_VERSION
+from workers.worker import CellWorker
+
+TINY = ModelSpec(tag="d[2,2]-h[64,128]", vocab_size=256, sequence_len=64, head_dim=32)
+
+
+def cell(**kw) -> dict:
+    params = {"model": TINY, "method": "cached", "batch_size": 2, "prompt_len": 8,
+              "max_tokens": 4, "repeats": 1, **kw}
+    return CellSpec(**params).to_dict()
+
+
+class FakeBackend:
+    """Counts loads; fails on request: batch_size 13 raises, 99 is an out-of-memory."""
+
+    def __init__(self):
+        self.loads = 0
+
+    def device(self):
+        return "cpu"
+
+    def load(self, model, *, device, dtype):
+        self.loads += 1
+        return object()
+
+    def measure(self, model, cell, *, device):
+        if cell["batch_size"] == 13:
+            raise RuntimeError("bad\nthing")
+        if cell["batch_size"] == 99:
+            raise type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory")
+        return {"decode_tok_s": 10.0, "method": "overridden?", "ttft_ms": 1.0}
+
+
+def test_ok_record_has_params_metrics_provenance():
+    backend = FakeBackend()
+    worker = CellWorker(backend=backend, extra_provenance=lambda: {"ray_node_id": "n1"})
+    c = cell()
+    rec = worker.run(c)
+    assert rec["status"] == "ok" and rec["error"] is None
+    assert rec["cell_id"] == c["cell_id"] and rec["schema_version"] == SCHEMA_VERSION
+    assert rec["method"] == "cached"  # params are authoritative over metric keys
+    assert rec["decode_tok_s"] == 10.0 and rec["model_tag"] == TINY.tag
+    assert rec["device"] == "cpu" and rec["ray_node_id"] == "n1" and rec["hostname"]
+    assert rec["started_at"] <= rec["finished_at"] and rec["cell_wall_s"] >= 0
+
+
+def test_model_loaded_once_per_model():
+    backend = FakeBackend()
+    worker = CellWorker(backend=backend)
+    for method in ("naive", "cached", "naive"):
+        worker.run(cell(method=method))
+    assert backend.loads == 1
+    worker.run({**cell(), "model": {**cell()["model"], "seed": 7}})
+    assert backend.loads == 2
+
+
+def test_failures_are_records_not_exceptions():
+    worker = CellWorker(backend=FakeBackend())
+    rec = worker.run(cell(batch_size=13))
+    assert rec["status"] == "error" and rec["error"] == "RuntimeError: bad thing"
+    assert "Traceback" in rec["error_detail"]
+    oom = worker.run(cell(batch_size=99))
+    assert oom["status"] == "oom" and "out of memory" in oom["error"]
+    assert worker.run(cell())["status"] == "ok"  # the worker carries on
+    assert worker.run({"cell_id": "x"})["status"] == "error"
+
+
+def test_real_engine_greedy_naive_equals_cached():
+    pytest.importorskip("engine.bench")
+    worker = CellWorker()
+    naive, cached = worker.run(cell(method="naive")), worker.run(cell(method="cached"))
+    for rec in (naive, cached):
+        assert rec["status"] == "ok", rec["error_detail"]
+        assert rec["decode_tok_s"] > 0 and rec["ttft_ms"] > 0
+        assert len(rec["decode_step_ms"]) == 3  # repeats=1, max_tokens-1 decode steps
+        assert rec["torch_version"] and rec["torch_num_threads"] >= 1
+    assert naive["tokens_sha256"] == cached["tokens_sha256"]
+    assert naive["generated_ids"] == cached["generated_ids"]
+
+
+def test_real_engine_oom_from_memory_budget():
+    pytest.importorskip("engine.bench")
+    rec = CellWorker().run(cell(memory_budget_bytes=1024))
+    assert rec["status"] == "oom" and "memory budget" in rec["error"]
+
+
+def test_real_engine_prompt_text_uses_byte_tokenizer():
+    pytest.importorskip("engine.bench")
+    rec = CellWorker().run(cell(prompt="hello world"))
+    assert rec["status"] == "ok", rec["error_detail"]
+
+
+def test_driver_modules_do_not_import_torch():
+    code = ("import sys, orchestrator.cli, orchestrator.submit, orchestrator.dispatch, "
+            "workers.actor; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
