@@ -164,9 +164,9 @@ def test_oom_skips_dominated_cells(tmp_path):
                                                     prompt_len=8, max_tokens=4))["total_bytes"]
             for b in (1, 2)}
     budget = (need[1] + need[2]) // 2
-    spec = write_job(tmp_path, f"""\
-        grid: {{method: [cached], batch_size: [1, 2, 4], prompt_len: [8], max_tokens: [4]}}
-        workers: {{cpu_workers: 1}}
+    spec = write_job(tmp_path, """\
+        grid: {method: [cached], batch_size: [1, 2, 4], prompt_len: [8], max_tokens: [4]}
+        workers: {cpu_workers: 1}
     """)
     job = load_job_spec(str(spec), [f"measure.memory_budget_bytes={budget}"])
     outcome = submit_job(job, tmp_path / "r")
