@@ -1,0 +1,88 @@
+"""The driver against Ray clusters it did not start, each in a fresh process: GPU pinning with
+GPUs declared on a CPU machine, a two-node cluster on one machine, and the plain CLI starting its
+own local Ray with Ray's chatter kept out of the terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+JOB = """\
+name: job
+model: {tag: "d[2,2]-h[64,128]", checkpoint: random, vocab_size: 256, sequence_len: 64,
+        head_dim: 32}
+grid: {method: [cached], batch_size: [1, 2, 3, 4], prompt_len: [8], max_tokens: [4]}
+measure: {warmup: 1, repeats: 1}
+workers: {gpus_per_worker: 1, max_workers: 2}
+"""
+
+PRELUDE = """\
+import sys, ray
+from orchestrator.cli import main
+spec, results = sys.argv[1], sys.argv[2]
+"""
+
+
+def run_script(tmp_path: Path, body: str, timeout: int = 240) -> tuple[Path, str]:
+    pytest.importorskip("engine.bench")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(JOB)
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body), str(spec),
+                           str(results)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return results / "job", proc.stdout + proc.stderr
+
+
+def test_gpu_pinning_with_declared_gpus_on_cpu(tmp_path):
+    job_dir, _ = run_script(tmp_path, """\
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        code = main(["-q", "submit", spec, "--results", results])
+        ray.shutdown()
+        sys.exit(code)
+    """)
+    rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert {r["cuda_visible_devices"] for r in rows} == {"0", "1"}
+    assert len({r["ray_actor_id"] for r in rows}) == 2
+    assert {r["device"] for r in rows} == {"cpu"}  # torch sees no CUDA: the worker uses CPU
+
+
+def test_two_node_cluster_results_land_in_driver_dataset(tmp_path):
+    job_dir, _ = run_script(tmp_path, """\
+        from ray.cluster_utils import Cluster
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        code = main(["-q", "submit", spec, "--results", results])
+        ray.shutdown()
+        cluster.shutdown()
+        sys.exit(code)
+    """)
+    rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert len({r["ray_node_id"] for r in rows}) == 2
+
+
+def test_cli_starts_local_ray_and_keeps_its_logs_in_the_results_dir(tmp_path):
+    job_dir, output = run_script(tmp_path, """\
+        sys.exit(main(["submit", spec, "--results", results,
+                       "--set", "workers.gpus_per_worker=1", "--set", "grid.batch_size=[1]"]))
+    """)
+    assert "Ray logs:" in output and "[1/1] ok" in output
+    assert "Token authentication" not in output and "Started a local Ray" not in output
+    assert (job_dir / "_ray" / "ray.log").stat().st_size > 0
+    assert len(ds.dataset(job_dir, format="parquet").to_table()) == 1
