@@ -53,9 +53,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _peak_mib(row: dict) -> float | None:
+    """Peak device memory allocated (GPU), else the process's peak RSS growth (CPU)."""
     for key in ("peak_allocated_bytes", "peak_rss_growth_bytes"):
         value = row.get(key)
-        if value:
+        if value is not None:
             return value / MIB
     return None
 
@@ -110,6 +111,8 @@ def model_tables(rows: list[dict]) -> list[tuple[str, str]]:
         if both:
             headers.append("speedup")
         headers += [*(f"TTFT ms {m}" for m in methods), *(f"peak MiB {m}" for m in methods)]
+        if "cached" in methods:
+            headers.append("KV MiB")
         if both:
             headers.append("tokens match")
         table = []
@@ -122,6 +125,9 @@ def model_tables(rows: list[dict]) -> list[tuple[str, str]]:
                 line.append(f"{c / n:.2f}x" if n and c else "-")
             line += [_fmt((by_method.get(m) or {}).get("ttft_ms"), 2) for m in methods]
             line += [_fmt(_peak_mib(by_method.get(m) or {})) for m in methods]
+            if "cached" in methods:
+                kv = (by_method.get("cached") or {}).get("kv_cache_bytes")
+                line.append(_fmt(None if kv is None else kv / MIB, 2))
             if both:
                 line.append(_match(by_method))
             table.append(line)

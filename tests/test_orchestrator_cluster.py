@@ -40,7 +40,7 @@ def run_script(tmp_path: Path, body: str, timeout: int = 240) -> tuple[Path, str
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body), str(spec),
                            str(results)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return results / "job", proc.stdout + proc.stderr
 
