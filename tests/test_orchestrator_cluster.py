@@ -5,12 +5,15 @@ own local Ray with Ray's chatter kept out of the terminal."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +89,40 @@ def test_cli_starts_local_ray_and_keeps_its_logs_in_the_results_dir(tmp_path):
     assert "Token authentication" not in output and "Started a local Ray" not in output
     assert (job_dir / "_ray" / "ray.log").stat().st_size > 0
     assert len(ds.dataset(job_dir, format="parquet").to_table()) == 1
+
+
+def test_sigkill_of_driver_then_resubmit_gives_one_ok_row_per_cell(tmp_path):
+    pytest.importorskip("engine.bench")
+    spec = tmp_path / "kill.yaml"
+    spec.write_text(JOB.replace("name: job", "name: kill").replace(
+        "method: [cached], batch_size: [1, 2, 3, 4]",
+        "method: [naive, cached], batch_size: [1, 2, 3, 4, 5, 6]").replace(
+        "max_tokens: [4]", "max_tokens: [24]"))
+    results = tmp_path / "results"
+    job_dir = results / "kill"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "orchestrator", "-q", "submit", str(spec), "--results",
+            str(results)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(job_dir.glob("part-*"))) < 3:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        try:  # the driver's own Ray processes share its session: end them too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    done = len(list(job_dir.glob("part-*")))
+    assert 3 <= done < 12, "the driver finished before it could be killed"
+    again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=240, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for part in job_dir.glob("part-*"):
+        pq.read_table(part)  # every committed file is whole
+    rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
+    ok = [r["cell_id"] for r in rows if r["status"] == "ok"]
+    assert len(rows) == len(ok) == len(set(ok)) == 12

@@ -120,3 +120,17 @@ def test_summarize_prints_speedup_and_match(tmp_path, capsys):
 def test_summarize_missing_dir_exits_2(tmp_path, capsys):
     assert main(["summarize", str(tmp_path / "nothing")]) == 2
     assert "no such results directory" in capsys.readouterr().err
+
+
+def test_concurrent_submit_is_refused_while_the_lock_is_held(tmp_path, capsys):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: job\nmodel: {tag: 'd[2]-h[64]', head_dim: 32}\n")
+    holder = ResultStore(tmp_path / "results" / "job")
+    holder.lock()
+    try:
+        assert main(["submit", str(spec), "--results", str(tmp_path / "results")]) == 2
+    finally:
+        holder.unlock()
+    err = capsys.readouterr().err
+    assert "in use by another submit (pid" in err and "Traceback" not in err
+    assert not holder.part_files()
