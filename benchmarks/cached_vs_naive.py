@@ -23,10 +23,10 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.bench import BenchSpec, measure_cell  # noqa: E402
-from engine.config import UNetConfig  # noqa: E402
-from engine.engine import UNetEngine  # noqa: E402
-from engine.model import UNet  # noqa: E402
+from engine.bench import BenchSpec, measure_cell
+from engine.config import UNetConfig
+from engine.engine import UNetEngine
+from engine.model import UNet
 
 MIB = 2**20
 

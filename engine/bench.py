@@ -30,7 +30,7 @@ from torch.profiler import record_function
 from engine.cache import kv_cache_bytes
 from engine.device import MemoryPeak, PeakMemory, as_device, is_cuda, same_device, synchronize
 from engine.engine import UNetEngine
-from engine.errors import EngineError
+from engine.errors import BenchSpecError
 from engine.model import UNet
 from engine.naive import naive_generate
 from engine.profiler import LatencyStats, TorchProfiler, median
@@ -43,10 +43,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # A block holds the residual, its norm, q/k/v, the attention output and the 4x-wide MLP hidden
 # state and its square (about 14 widths) at its peak; 16 rounds that up.
 ACTIVATION_FACTOR = 16
-
-
-class BenchSpecError(EngineError):
-    """An invalid cell spec, or a model that does not match it."""
 
 
 # --- the spec -----------------------------------------------------------------------------------

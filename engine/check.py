@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from engine.checkpoint import load_checkpoint
 from engine.config import UNetConfig
 from engine.engine import UNetEngine

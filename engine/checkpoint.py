@@ -109,7 +109,7 @@ def load_checkpoint(
     model_path = checkpoint_dir / f"model_{step:06d}.pt"
     try:
         state_dict = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated/corrupt files
+    except Exception as err:  # noqa: BLE001 (torch raises many types for truncated/corrupt files)
         raise CheckpointError(f"unreadable checkpoint {model_path}: {type(err).__name__}: {err}") from None
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{model_path} does not hold a state dict")
@@ -129,6 +129,9 @@ def load_checkpoint(
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; checkpoints follow the umask like nanochat's
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -162,8 +162,10 @@ class UNetConfig:
         """The nanochat ``model_config`` mapping (JSON-ready lists)."""
         data = asdict(self)
         data.pop("_split")
-        return {k: list(map(lambda v: list(v) if isinstance(v, tuple) else v, val))
-                if isinstance(val, tuple) else val for k, val in data.items()}
+        return {
+            key: [list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, tuple) else value
+            for key, value in data.items()
+        }
 
 
 def parse_tag(tag: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import EngineError
+from engine.errors import DataError
 from engine.tokenizer import ByteTokenizer, Tokenizer
 
 DEFAULT_DATA_DIR = Path(__file__).with_name("data")
 VAL_FRACTION = 0.1
-
-
-class DataError(EngineError):
-    """Training data that cannot be used (missing, empty, too short, not UTF-8)."""
 
 
 @dataclass(frozen=True, kw_only=True)

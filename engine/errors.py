@@ -19,3 +19,15 @@ class CheckpointError(EngineError):
 
 class GenerationError(EngineError):
     """A generation request the model cannot serve (too long, bad shape, bad sampling args)."""
+
+
+class DataError(EngineError):
+    """Training data that cannot be used (missing, empty, too short, not UTF-8)."""
+
+
+class BenchSpecError(EngineError):
+    """An invalid cell spec, or a model that does not match it."""
+
+
+class TrainError(EngineError):
+    """A training request that cannot run; the message is one line that says what to change."""

@@ -16,8 +16,8 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import record_function
 
 from engine.cache import KVCache
@@ -121,8 +121,7 @@ class Unpool(nn.Module):
         self.c_proj = nn.Linear(in_width, 2 * out_width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        return self.c_proj(norm(x)).view(B, 2 * T, self.out_width)
+        return self.c_proj(norm(x)).view(x.size(0), 2 * x.size(1), self.out_width)
 
 
 def shifted_skip(enc: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

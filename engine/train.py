@@ -40,7 +40,7 @@ from engine.checkpoint import (
 )
 from engine.config import UNetConfig
 from engine.data import DEFAULT_DATA_DIR, Corpus, load_corpus, sample_batch, val_windows
-from engine.errors import EngineError
+from engine.errors import EngineError, TrainError
 from engine.model import UNet
 from engine.tokenizer import ByteTokenizer, TiktokenTokenizer, Tokenizer
 
@@ -63,10 +63,6 @@ _CLI_NAMES = {
     "n_head": "--head-dim",
     "n_kv_head": "--head-dim",
 }
-
-
-class TrainError(EngineError):
-    """A training request that cannot run; the message is one line that says what to change."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,7 +44,8 @@ def test_tag_spaces_are_ignored_like_nanochat():
 
 
 def _cfg(**overrides):
-    base = dict(sequence_len=64, vocab_size=100, n_layer=[2, 2], n_head=[2, 4], n_kv_head=[2, 4], n_embd=[64, 128])
+    base = {"sequence_len": 64, "vocab_size": 100, "n_layer": [2, 2], "n_head": [2, 4],
+            "n_kv_head": [2, 4], "n_embd": [64, 128]}
     return UNetConfig(**{**base, **overrides})
 
 

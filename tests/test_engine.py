@@ -125,7 +125,7 @@ def test_stop_tokens_end_rows_and_masks_say_so():
     first_stop = row0.index(stop)
     assert first_stop <= 2 and masks0[: first_stop + 1] == [1] * (first_stop + 1)
     assert set(masks0[first_stop + 1 :]) <= {0}
-    results, masks = engine.generate_batch(prompt, max_tokens=12, stop_tokens=[stop])
+    results, _ = engine.generate_batch(prompt, max_tokens=12, stop_tokens=[stop])
     assert results[0][-1] == stop and len(results[0]) == 4 + first_stop + 1
 
 

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
+from engine.errors import GenerationError
 from engine.model import UNet
 from engine.naive import naive_generate
-from engine.errors import GenerationError
 from tests.helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
 def golden(golden_dir):
-    model, meta = load_checkpoint(golden_dir)
+    model, _ = load_checkpoint(golden_dir)
     cases = json.loads((golden_dir / "golden.json").read_text())
     return model, cases
 
