@@ -191,7 +191,7 @@ class UNet(nn.Module):
         """Logits for every position. With ``caches`` (per stage: encoder then decoder blocks),
         every block also writes its K/V from position 0, and the call returns
         ``(logits of the last position [B, 1, V], enc_outputs, dec_outputs)`` per stage."""
-        B, T = idx.shape
+        T = idx.size(1)
         if T > self.config.rotary_len:
             raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.config.rotary_len})")
         with record_function("embedding"):
