@@ -58,3 +58,15 @@ class Interrupted(OrchestratorError):
     """The driver was interrupted (SIGINT/SIGTERM); finished rows are kept."""
 
     exit_code = 130
+
+
+class QueryError(OrchestratorError):
+    """A query, pivot, compare or plot request that names unknown columns or does not parse."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(OrchestratorError):
+    """An optional dependency (matplotlib for plots) is not installed."""
+
+    exit_code = 2
