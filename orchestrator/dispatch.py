@@ -108,8 +108,9 @@ class RayConnection:
 
 
 def connect(address: str | None, log_file: Path | None) -> RayConnection:
-    """Join `address` (auto, HOST:PORT, ray://HOST:PORT) or start a local Ray without a
-    dashboard; Ray's own log lines go to `log_file`. Reuses an already initialized Ray."""
+    """Join `address` (auto, HOST:PORT, ray://HOST:PORT; else $RAY_ADDRESS when set) or start a
+    new local Ray without a dashboard; Ray's own log lines go to `log_file`. Reuses an already
+    initialized Ray (and then leaves it running)."""
     ray = _import_ray()
     if ray.is_initialized():
         return RayConnection(started=False, log_file=None)
@@ -127,8 +128,10 @@ def connect(address: str | None, log_file: Path | None) -> RayConnection:
         with redirect:
             if address:
                 ray.init(address=address, **kwargs)
-            else:
-                ray.init(include_dashboard=False, **kwargs)
+            elif os.environ.get("RAY_ADDRESS"):  # e.g. inside `ray job submit`: join that
+                ray.init(**kwargs)
+            else:  # "local": a new instance, never a stale cluster found in /tmp/ray
+                ray.init(address="local", include_dashboard=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
         if handler is not None:
             logging.getLogger("ray").removeHandler(handler)

@@ -50,7 +50,8 @@ def run_script(tmp_path: Path, body: str, timeout: int = 240) -> tuple[Path, str
 
 def test_gpu_pinning_with_declared_gpus_on_cpu(tmp_path):
     job_dir, _ = run_script(tmp_path, """\
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+                 log_to_driver=False,
                  configure_logging=False)
         code = main(["-q", "submit", spec, "--results", results])
         ray.shutdown()
