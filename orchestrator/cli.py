@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. --set measure.repeats=5 --set grid.batch_size=[1,8])",
     )
     p.add_argument("--dry-run", action="store_true", help="print the cells and run nothing")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="run every cell again, even those already ok (earlier rows are kept)",
+    )
     s = sub.add_parser("summarize", help="print the summary tables of a results directory")
     s.add_argument("results_dir", help="a job's results directory (or a results root)")
     return parser
@@ -142,7 +147,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        outcome = submit_job(job, Path(args.results), address=args.address)
+        outcome = submit_job(job, Path(args.results), address=args.address, fresh=args.fresh)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary.render(outcome.rows, title=f"{job.name}: {outcome.job_dir}"))

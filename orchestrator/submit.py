@@ -117,9 +117,16 @@ class _Progress:
 
 
 def submit_job(
-    job: JobSpec, results_root: Path, *, address: str | None = None, backend: Any = None
+    job: JobSpec,
+    results_root: Path,
+    *,
+    address: str | None = None,
+    backend: Any = None,
+    fresh: bool = False,
 ) -> SubmitOutcome:
-    """Run the job's unfinished cells and return the outcome (see module docstring)."""
+    """Run the job's unfinished cells (all of them when `fresh`) and return the outcome.
+
+    Earlier rows are kept either way; a fresh run appends new attempts under a new run_id."""
     t0 = time.perf_counter()
     cells = expand_cells(job)
     job_dir = Path(results_root) / job.name
@@ -133,7 +140,7 @@ def submit_job(
             for cid, rows in history.items()
             if any(r["status"] == Status.OK.value for r in rows)
         }
-        todo = [c for c in cells if c.cell_id not in ok]
+        todo = list(cells) if fresh else [c for c in cells if c.cell_id not in ok]
         first_attempt = {
             c.cell_id: max(r.get("attempt") or 0 for r in history[c.cell_id]) + 1
             for c in todo

@@ -91,6 +91,10 @@ def test_resume_runs_only_missing_cells(tmp_path):
     second = submit_job(bigger, results)
     assert (second.ran, second.skipped, second.exit_code) == (1, 1, 0)
     assert read_rows(results / "job").num_rows == 2
+    third = submit_job(bigger, results, fresh=True)
+    assert (third.ran, third.skipped) == (2, 0)
+    rows = read_rows(results / "job").to_pylist()
+    assert len(rows) == 4 and sorted(r["attempt"] for r in rows) == [1, 1, 2, 2]
 
 
 class CrashingBackend:
