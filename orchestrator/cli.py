@@ -29,26 +29,13 @@ log = logging.getLogger("orchestrator")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)  # -v/-q before or after the subcommand
-    common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
-    )
-    common.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="only warnings and tables",
-    )
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator",
-        description="Benchmark UNet LMs (naive vs cached) on Ray.",
-        parents=[common],
+        prog="python -m orchestrator", description="Benchmark UNet LMs (naive vs cached) on Ray."
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and tables")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "submit", parents=[common], help="run a job spec (resumes: cells already ok are skipped)"
-    )
+    p = sub.add_parser("submit", help="run a job spec (resumes: cells already ok are skipped)")
     p.add_argument("spec", help="job spec YAML, e.g. jobs/sweep.yaml")
     p.add_argument(
         "--results",
@@ -75,9 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every cell again, even those already ok (earlier rows are kept)",
     )
-    s = sub.add_parser(
-        "summarize", parents=[common], help="print the summary tables of a results directory"
-    )
+    s = sub.add_parser("summarize", help="print the summary tables of a results directory")
     s.add_argument("results_dir", help="a job's results directory (or a results root)")
     return parser
 
@@ -103,8 +88,6 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits 2 on bad arguments
-    args.verbose = getattr(args, "verbose", False)  # -v/-q may come before or after the command
-    args.quiet = getattr(args, "quiet", False)
     _configure_logging(args.verbose, args.quiet)
     try:
         if args.command == "submit":

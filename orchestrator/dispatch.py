@@ -260,7 +260,8 @@ class Dispatcher:
     """Feeds cells to actors and reports every finished attempt through `on_record`.
 
     `first_attempt` maps cell_id -> the attempt number to start from (resume continues the
-    numbering). `on_record(record)` is called in the driver for every attempt, in finishing order.
+    numbering). `on_record(record)` is called in the driver for every attempt, in finishing order;
+    `on_start(cell, worker_index)`, if given, when a cell is sent to a worker.
     """
 
     def __init__(
@@ -271,8 +272,10 @@ class Dispatcher:
         *,
         backend: Any = None,
         first_attempt: dict[str, int] | None = None,
+        on_start: Callable[[CellSpec, int], None] | None = None,
     ):
         self.cells = cells
+        self.on_start = on_start
         self.workers = workers
         self.on_record = on_record
         self.backend = backend
@@ -332,6 +335,8 @@ class Dispatcher:
             task.slot, task.started, task.started_at = slot, time.monotonic(), _now()
             slot.model_key = task.cell.model.key()
             self.inflight[slot.handle.run.remote(task.cell.to_dict())] = task
+            if self.on_start is not None:
+                self.on_start(task.cell, slot.index)
 
     # -- results ----------------------------------------------------------------------------
     def _finish(self, ref: Any, task: _Task) -> None:

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import summary
-from orchestrator.errors import ClusterError
+from orchestrator.errors import ClusterError, Interrupted
 from orchestrator.grid import CellSpec, expand_cells
+from orchestrator.manifest import Invocation, RunManifest
+from orchestrator.progress import LineProgress, Progress, reporting
 from orchestrator.spec import JobSpec
 from orchestrator.store import ResultStore
 from workers.record import Status
@@ -78,14 +80,23 @@ def git_commit() -> str | None:
 
 
 class _Progress:
-    """Writes each record and logs one progress line per attempt."""
+    """Writes each record and reports it to the progress display; counts final outcomes."""
 
-    def __init__(self, store: ResultStore, job: JobSpec, cells: list[CellSpec], run_id: str):
-        self.store, self.job, self.run_id = store, job, run_id
+    def __init__(
+        self,
+        store: ResultStore,
+        job: JobSpec,
+        cells: list[CellSpec],
+        run_id: str,
+        display: Progress,
+    ):
+        self.store, self.job, self.run_id, self.display = store, job, run_id, display
         self.labels = {c.cell_id: c.label() for c in cells}
-        self.total = len(cells)
-        self.finished: set[str] = set()
+        self.statuses: dict[str, int] = {}
         self.commit = git_commit()
+
+    def started(self, cell: CellSpec, worker_index: int) -> None:
+        self.display.started(worker_index, self.labels.get(cell.cell_id, cell.cell_id))
 
     def __call__(self, record: dict) -> None:
         record.update(run_id=self.run_id, job_name=self.job.name, git_commit=self.commit)
@@ -94,26 +105,8 @@ class _Progress:
         cid = record.get("cell_id")
         retrying = status == Status.ERROR.value and "retrying" in (record.get("error") or "")
         if not retrying:
-            self.finished.add(cid)
-        label = self.labels.get(cid, cid)
-        if status == Status.OK.value:
-            detail = (
-                f"decode {record.get('decode_tok_s') or 0:,.1f} tok/s, "
-                f"TTFT {record.get('ttft_ms') or 0:,.2f} ms"
-            )
-        else:
-            detail = record.get("error") or ""
-        wall = record.get("cell_wall_s")
-        where = f"worker {record.get('worker_index')}" + (f", {wall:.1f}s" if wall else "")
-        log.info(
-            "[%d/%d] %-11s %s  %s  (%s)",
-            len(self.finished),
-            self.total,
-            status,
-            label,
-            detail,
-            where,
-        )
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.display.finished(record, self.labels.get(cid, cid), final=not retrying)
 
 
 def submit_job(
@@ -123,10 +116,14 @@ def submit_job(
     address: str | None = None,
     backend: Any = None,
     fresh: bool = False,
+    progress: Progress | None = None,
+    invocation: Invocation | None = None,
 ) -> SubmitOutcome:
     """Run the job's unfinished cells (all of them when `fresh`) and return the outcome.
 
-    Earlier rows are kept either way; a fresh run appends new attempts under a new run_id."""
+    Earlier rows are kept either way; a fresh run appends new attempts under a new run_id.
+    `progress` shows the run (default: one log line per cell); `invocation` (the command line)
+    goes into the run manifest, `<job dir>/_manifests/<run_id>.json`."""
     t0 = time.perf_counter()
     cells = expand_cells(job)
     job_dir = Path(results_root) / job.name
@@ -156,7 +153,8 @@ def submit_job(
             job_dir,
         )
         if todo:
-            _run(job, todo, store, address, backend, first_attempt, created)
+            run = _RunContext(progress or LineProgress(), invocation, len(cells), skipped)
+            _run(job, todo, store, address, backend, first_attempt, created, run)
     finally:
         store.unlock()
     ids = {c.cell_id for c in cells}
@@ -182,6 +180,7 @@ def _run(
     backend: Any,
     first_attempt: dict,
     created: list[Path],
+    run: _RunContext,
 ) -> None:
     from orchestrator.dispatch import Dispatcher, connect
 
@@ -198,8 +197,41 @@ def _run(
             "/tmp/ray/session_latest/logs)",
             store.ray_log,
         )
+    run_id = new_run_id()
+    recorder = _Progress(store, job, todo, run_id, run.progress)
+    manifest = RunManifest.start(
+        store.job_dir,
+        run_id,
+        job,
+        run.invocation,
+        cells_to_run=len(todo),
+        skipped=run.skipped,
+        git_commit=recorder.commit,
+        address=address,
+    )
+    status = "failed"
     try:
-        progress = _Progress(store, job, todo, new_run_id())
-        Dispatcher(todo, job.workers, progress, backend=backend, first_attempt=first_attempt).run()
+        with reporting(run.progress, total=run.total, skipped=run.skipped, to_run=len(todo)):
+            Dispatcher(
+                todo,
+                job.workers,
+                recorder,
+                backend=backend,
+                first_attempt=first_attempt,
+                on_start=recorder.started,
+            ).run()
+        status = "finished"
+    except (Interrupted, KeyboardInterrupt):
+        status = "interrupted"
+        raise
     finally:
+        manifest.finish(status, recorder.statuses)
         conn.close()
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    progress: Progress
+    invocation: Invocation | None
+    total: int
+    skipped: int

@@ -1,0 +1,205 @@
+"""`python -m orchestrator compare A B`: match the cells of two runs, ratio each metric, and flag
+the differences larger than the runs' own measured spread.
+
+A and B are each a run id (or a unique prefix of one) found in `--results`, or a results
+directory (then its latest attempt of every cell). Only ok rows are compared.
+
+Matching: cells are matched on their parameter columns (grid axes, measurement settings and
+model identity) that vary *within* A or within B. A parameter constant in each run but different
+between them (another model seed, another commit's checkpoint, `--set measure.repeats=5`) is what
+is being compared: it is reported in the header, not used to match. `--on COLS` overrides this.
+
+Flagging: for each metric with values a (A) and b (B) and standard deviations sa, sb,
+
+    flagged  <=>  |b - a| > k * sqrt(sa^2 + sb^2)   and   |b - a| / |a| > min_change
+
+with k = 3 (DEFAULT_K) and min_change = 2% (DEFAULT_MIN_CHANGE). The spread comes from each
+run's own measurements: for decode metrics the larger of the per-repeat CV (`decode_tok_s_cv`) and
+the standard error of the mean step (`decode_step_ms_cv / sqrt(steps)`, from the raw
+`decode_step_ms` list); for TTFT and prefill the per-repeat `ttft_ms_cv`. Peak memory has no
+measured spread, so it is flagged on min_change alone. The output's `threshold` column is the
+relative change a metric needed to be flagged: max(k * sqrt(sa^2 + sb^2) / |a|, min_change).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
+from orchestrator.errors import QueryError, ResultsError
+from orchestrator.query import distinct
+from workers.record import MODEL_KEYS, PARAM_KEYS
+
+DEFAULT_K = 3.0
+DEFAULT_MIN_CHANGE = 0.02
+MATCH_CANDIDATES = (*PARAM_KEYS, *(f"model_{k}" for k in MODEL_KEYS))
+# metric -> (higher is better, how its relative spread is measured)
+METRICS: dict[str, tuple[bool, str]] = {
+    "decode_tok_s": (True, "decode"),
+    "decode_step_ms_mean": (False, "decode"),
+    "ttft_ms": (False, "ttft"),
+    "prefill_tok_s": (True, "ttft"),
+    PEAK_COLUMN: (False, "none"),
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: its label and its ok rows (one per cell)."""
+
+    label: str
+    rows: list[dict]
+
+
+def relative_spread(row: dict, kind: str) -> float:
+    """The relative standard deviation of a metric of one row (0 when nothing was measured).
+
+    >>> relative_spread({"ttft_ms_cv": 0.05}, "ttft")
+    0.05
+    >>> relative_spread({"decode_tok_s_cv": 0.01, "decode_step_ms_cv": 0.2,
+    ...                  "decode_step_ms": [1.0] * 100}, "decode")
+    0.02
+    """
+    if kind == "ttft":
+        return float(row.get("ttft_ms_cv") or 0.0)
+    if kind == "decode":
+        steps = row.get("decode_step_ms") or []
+        sem = (row.get("decode_step_ms_cv") or 0.0) / math.sqrt(len(steps)) if steps else 0.0
+        return max(float(row.get("decode_tok_s_cv") or 0.0), sem)
+    return 0.0
+
+
+def is_flagged(
+    a: float,
+    b: float,
+    sa: float,
+    sb: float,
+    *,
+    k: float = DEFAULT_K,
+    min_change: float = DEFAULT_MIN_CHANGE,
+) -> bool:
+    """Whether b differs from a beyond k combined standard deviations and min_change.
+
+    >>> is_flagged(100.0, 200.0, 5.0, 10.0), is_flagged(100.0, 101.0, 5.0, 5.0)
+    (True, False)
+    """
+    diff = abs(b - a)
+    return diff > k * math.hypot(sa, sb) and diff > min_change * abs(a)
+
+
+def resolve_side(arg: str, results: Path | None) -> Side:
+    """A results directory, or a run id (unique prefix allowed) in the `results` directory."""
+    path = Path(arg)
+    if path.is_dir():
+        return Side(str(path), ok_rows(load_results(path, latest=True)))
+    if results is None:
+        raise ResultsError(f"{arg}: not a directory; to compare run ids, pass --results DIR")
+    table = load_results(results)
+    runs = distinct(table, "run_id") if "run_id" in table.column_names else []
+    matches = [r for r in runs if r == arg] or [r for r in runs if r.startswith(arg)]
+    if len(matches) != 1:
+        what = "is ambiguous" if matches else "is not a directory nor a run id"
+        raise QueryError(f"{arg} {what} in {results}; runs: {', '.join(runs) or 'none'}")
+    run = latest_attempts(table.filter(pc.field("run_id") == matches[0]))
+    return Side(matches[0], ok_rows(run))
+
+
+def match_keys(a: list[dict], b: list[dict]) -> tuple[list[str], dict[str, tuple]]:
+    """(the columns to match on, {column: (A value, B value)} for what differs between runs)."""
+    keys, differs = [], {}
+    for col in MATCH_CANDIDATES:
+        va = {repr(r.get(col)) for r in a}
+        vb = {repr(r.get(col)) for r in b}
+        if len(va) > 1 or len(vb) > 1:
+            keys.append(col)
+        elif va and vb and va != vb:
+            differs[col] = (a[0].get(col), b[0].get(col))
+    return keys, differs
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """The result: one line per (cell, metric), and what could not be matched."""
+
+    keys: list[str]
+    differs: dict[str, tuple]
+    lines: list[dict]
+    only_a: int
+    only_b: int
+
+    @property
+    def flagged(self) -> list[dict]:
+        return [line for line in self.lines if line["change"]]
+
+
+def compare(
+    a: Side,
+    b: Side,
+    *,
+    metrics: tuple[str, ...] = tuple(METRICS),
+    on: tuple[str, ...] = (),
+    k: float = DEFAULT_K,
+    min_change: float = DEFAULT_MIN_CHANGE,
+) -> Comparison:
+    """Match the cells of two sides and compare their metrics (see the module docstring)."""
+    if not a.rows or not b.rows:
+        empty = a.label if not a.rows else b.label
+        raise ResultsError(f"{empty}: no ok rows to compare")
+    for m in metrics:
+        if m not in METRICS:
+            raise QueryError(f"--metrics {m!r}: expected some of {', '.join(METRICS)}")
+    keys, differs = match_keys(a.rows, b.rows)
+    if on:
+        unknown = [c for c in on if c not in a.rows[0]]
+        if unknown:
+            raise QueryError(f"--on {unknown[0]!r}: not a column; columns: {', '.join(a.rows[0])}")
+        keys = list(on)
+    index_b = {tuple(r.get(c) for c in keys): r for r in b.rows}
+    seen, lines = set(), []
+    for ra in a.rows:
+        key = tuple(ra.get(c) for c in keys)
+        rb = index_b.get(key)
+        if rb is None:
+            continue
+        seen.add(key)
+        for m in metrics:
+            higher_better, kind = METRICS[m]
+            va, vb = ra.get(m), rb.get(m)
+            line = {**dict(zip(keys, key)), "metric": m, "A": va, "B": vb, "B/A": None}
+            line.update(threshold=None, change="")
+            if va is not None and vb is not None and va:
+                sa, sb = abs(va) * relative_spread(ra, kind), abs(vb) * relative_spread(rb, kind)
+                line["B/A"] = vb / va
+                line["threshold"] = max(k * math.hypot(sa, sb) / abs(va), min_change)
+                if is_flagged(va, vb, sa, sb, k=k, min_change=min_change):
+                    line["change"] = "better" if (vb > va) == higher_better else "worse"
+            lines.append(line)
+    return Comparison(
+        keys=keys,
+        differs=differs,
+        lines=lines,
+        only_a=len(a.rows) - len(seen),
+        only_b=len(b.rows) - len(seen),
+    )
+
+
+def to_table(result: Comparison) -> pa.Table:
+    """The comparison lines as an Arrow table (for the formats module)."""
+    return pa.Table.from_pylist(result.lines) if result.lines else pa.table({"metric": []})
+
+
+def summary_line(result: Comparison, a: Side, b: Side) -> str:
+    """One line: matched cells, unmatched cells and the flagged changes."""
+    cells = len({tuple(line[c] for c in result.keys) for line in result.lines})
+    worse = sum(1 for line in result.flagged if line["change"] == "worse")
+    better = len(result.flagged) - worse
+    return (
+        f"A = {a.label}, B = {b.label}: {cells} cells matched ({result.only_a} only in A, "
+        f"{result.only_b} only in B); {len(result.flagged)} changes beyond the spread "
+        f"({worse} worse, {better} better)"
+    )

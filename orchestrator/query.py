@@ -1,0 +1,196 @@
+"""`python -m orchestrator query RESULTS_DIR`: filter, group, aggregate and sort stored results.
+
+    query results/sweep --where "status = 'ok' and batch_size >= 4" \\
+        --columns method,batch_size,prompt_len,decode_tok_s --sort -decode_tok_s --limit 5
+    query results/sweep --group-by method,batch_size --agg decode_tok_s:mean,ttft_ms:median
+
+Steps, in order: load (optionally only the latest attempt per cell, optionally with the run
+manifests joined), filter (`--where`, see orchestrator.where), group and aggregate
+(`Table.group_by`), sort, limit, select columns. Every name is checked against the table first;
+a mistake is a QueryError (exit 2) listing the available columns.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.errors import QueryError
+from orchestrator.where import column_list, parse_where, unknown_column
+
+AGGREGATIONS: dict[str, str] = {  # name -> pyarrow hash aggregation
+    "mean": "mean",
+    "median": "list",  # exact: computed from each group's values
+    "min": "min",
+    "max": "max",
+    "count": "count",
+    "sum": "sum",
+    "std": "stddev",
+}
+DEFAULT_COLUMNS = (
+    "job_name",
+    "model_tag",
+    "method",
+    "batch_size",
+    "prompt_len",
+    "max_tokens",
+    "status",
+    "decode_tok_s",
+    "ttft_ms",
+    "peak_bytes",
+    "kv_cache_bytes",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuerySpec:
+    """One query: each field mirrors a command-line option."""
+
+    where: str | None = None
+    columns: tuple[str, ...] = ()  # empty: DEFAULT_COLUMNS that exist; ("all",): every column
+    group_by: tuple[str, ...] = ()
+    agg: tuple[tuple[str, str], ...] = ()  # (column or "*", aggregation)
+    sort: tuple[str, ...] = ()  # "col" ascending, "-col" descending
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise QueryError(f"--limit must be >= 0, got {self.limit}")
+        if self.group_by and self.columns:
+            raise QueryError(
+                "--columns does not apply with --group-by: the output holds the group keys and "
+                "the --agg columns"
+            )
+        if self.agg and not self.group_by:
+            raise QueryError("--agg needs --group-by (e.g. --group-by method)")
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    """'a, b,c' -> ('a', 'b', 'c').
+
+    >>> split_list(" method, batch_size ")
+    ('method', 'batch_size')
+    """
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+def parse_agg(text: str | None) -> tuple[tuple[str, str], ...]:
+    """'decode_tok_s:mean,ttft_ms:median,count' -> (column, aggregation) pairs.
+
+    >>> parse_agg("decode_tok_s:mean,count")
+    (('decode_tok_s', 'mean'), ('*', 'count'))
+    """
+    out = []
+    for item in split_list(text):
+        column, sep, how = item.rpartition(":")
+        if not sep:
+            column, how = ("*", item) if item == "count" else (item, "")
+        if how not in AGGREGATIONS:
+            raise QueryError(
+                f"--agg {item!r}: expected COLUMN:AGGREGATION with one of "
+                f"{', '.join(AGGREGATIONS)} (e.g. decode_tok_s:mean), or count"
+            )
+        out.append((column or "*", how))
+    return tuple(out)
+
+
+def _check(names: tuple[str, ...], schema: pa.Schema, what: str) -> None:
+    for name in names:
+        if name not in schema.names:
+            raise unknown_column(name, schema, what)
+
+
+def _aggregate(table: pa.Table, keys: tuple[str, ...], agg: tuple) -> pa.Table:
+    agg = agg or (("*", "count"),)
+    specs, names = [], []
+    for column, how in agg:
+        if column == "*":
+            specs.append(([], "count_all"))
+            names.append("count")
+            continue
+        _check((column,), table.schema, "--agg column")
+        typ = table.schema.field(column).type
+        if how not in ("count", "min", "max") and not (
+            pa.types.is_integer(typ) or pa.types.is_floating(typ)
+        ):
+            raise QueryError(f"--agg {column}:{how}: {column} is not numeric ({typ})")
+        specs.append((column, AGGREGATIONS[how]))
+        names.append(f"{column}_{how}")
+    try:
+        grouped = table.group_by(list(keys), use_threads=False).aggregate(specs)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise QueryError(f"--group-by/--agg: {' '.join(str(e).split())[:200]}") from None
+    # pyarrow names outputs "<col>_<function>"; put the keys first and use our names
+    produced = [n for n in grouped.column_names if n not in keys]
+    columns = [grouped[k] for k in keys]
+    for (column, how), out_name, name in zip(agg, produced, names):
+        col = grouped[out_name]
+        if how == "median":
+            col = pa.array(
+                [
+                    statistics.median(v) if v else None
+                    for v in (_drop_none(x) for x in col.to_pylist())
+                ],
+                type=pa.float64(),
+            )
+        columns.append(col)
+    out = pa.table(columns, names=[*keys, *names])
+    return out.sort_by([(k, "ascending") for k in keys]) if keys else out
+
+
+def _drop_none(values: list | None) -> list:
+    return [v for v in values or [] if v is not None]
+
+
+def _sort(table: pa.Table, sort: tuple[str, ...]) -> pa.Table:
+    order = []
+    for item in sort:
+        name = item.removeprefix("-")
+        if name not in table.column_names:
+            raise unknown_column(name, table.schema, "--sort column")
+        order.append((name, "descending" if item.startswith("-") else "ascending"))
+    return table.sort_by(order, null_placement="at_end") if order else table
+
+
+def _selected(spec: QuerySpec, schema: pa.Schema) -> list[str]:
+    if spec.columns == ("all",):
+        return list(schema.names)
+    if spec.columns:
+        _check(spec.columns, schema, "column")
+        return list(spec.columns)
+    return [c for c in DEFAULT_COLUMNS if c in schema.names]
+
+
+def run_query(table: pa.Table, spec: QuerySpec) -> pa.Table:
+    """Apply a QuerySpec to a loaded table (see the module docstring for the order).
+
+    >>> t = pa.table({"method": ["naive", "cached", "cached"], "decode_tok_s": [1.0, 4.0, 6.0]})
+    >>> run_query(t, QuerySpec(group_by=("method",), agg=(("decode_tok_s", "mean"),))).to_pylist()
+    [{'method': 'cached', 'decode_tok_s_mean': 5.0}, {'method': 'naive', 'decode_tok_s_mean': 1.0}]
+    """
+    if spec.where:
+        try:
+            table = table.filter(parse_where(spec.where, table.schema))
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise QueryError(
+                f"--where {spec.where!r}: {' '.join(str(e).split())[:200]}; "
+                f"{column_list(table.schema)}"
+            ) from None
+    if spec.group_by:
+        _check(spec.group_by, table.schema, "--group-by column")
+        table = _aggregate(table, spec.group_by, spec.agg)
+        columns = table.column_names
+    else:
+        columns = _selected(spec, table.schema)
+    table = _sort(table, spec.sort)
+    if spec.limit is not None:
+        table = table.slice(0, spec.limit)
+    return table.select(columns)
+
+
+def distinct(table: pa.Table, column: str) -> list:
+    """The distinct non-null values of a column, sorted."""
+    return sorted(v for v in pc.unique(table[column]).to_pylist() if v is not None)
