@@ -5,6 +5,7 @@
         2: invalid spec or arguments (nothing run, no results directory created);
         130: interrupted (finished cells saved; the same submit resumes).
     summarize RESULTS_DIR      print the summary tables of stored results again
+    query, compare, plot, summarize --pivot, submit --progress/--plot: see results_cli.py
 
 Progress and diagnostics go to stderr (logging); tables and cell lists go to stdout.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from orchestrator import summary
+from orchestrator import results_cli, summary
 from orchestrator.errors import OrchestratorError, ResultsError, SpecError
 from orchestrator.grid import expand_cells
 from orchestrator.spec import load_job_spec
@@ -29,13 +30,26 @@ log = logging.getLogger("orchestrator")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator", description="Benchmark UNet LMs (naive vs cached) on Ray."
+    common = argparse.ArgumentParser(add_help=False)  # -v/-q before or after the subcommand
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and tables")
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only warnings and tables",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator",
+        description="Benchmark UNet LMs (naive vs cached) on Ray.",
+        parents=[common],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("submit", help="run a job spec (resumes: cells already ok are skipped)")
+    p = sub.add_parser(
+        "submit", parents=[common], help="run a job spec (resumes: cells already ok are skipped)"
+    )
     p.add_argument("spec", help="job spec YAML, e.g. jobs/sweep.yaml")
     p.add_argument(
         "--results",
@@ -62,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every cell again, even those already ok (earlier rows are kept)",
     )
-    s = sub.add_parser("summarize", help="print the summary tables of a results directory")
+    results_cli.add_submit_options(p)
+    s = sub.add_parser(
+        "summarize", parents=[common], help="print the summary tables of a results directory"
+    )
     s.add_argument("results_dir", help="a job's results directory (or a results root)")
+    results_cli.add_summarize_options(s)
+    results_cli.register(sub, parents=[common])
     return parser
 
 
@@ -88,10 +107,17 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits 2 on bad arguments
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.verbose = getattr(args, "verbose", False)  # -v/-q may come before or after the command
+    args.quiet = getattr(args, "quiet", False)
     _configure_logging(args.verbose, args.quiet)
     try:
         if args.command == "submit":
             return _submit(args)
+        if args.command in results_cli.COMMANDS:
+            return results_cli.run(args)
+        if results_cli.wants_pivot(args):
+            return results_cli.summarize_pivot(args)
         return _summarize(Path(args.results_dir))
     except OrchestratorError as e:
         print(str(e) if isinstance(e, SpecError) else f"error: {e}", file=sys.stderr)
@@ -147,10 +173,17 @@ def _submit(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        outcome = submit_job(job, Path(args.results), address=args.address, fresh=args.fresh)
+        outcome = submit_job(
+            job,
+            Path(args.results),
+            address=args.address,
+            fresh=args.fresh,
+            **results_cli.submit_options(args),
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary.render(outcome.rows, title=f"{job.name}: {outcome.job_dir}"))
+    results_cli.after_submit(args, outcome.job_dir)
     log.info(
         "%d cells: %d skipped (already ok), %d run, %d failed; %.1fs; results in %s",
         outcome.total,
