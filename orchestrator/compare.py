@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
@@ -161,7 +160,7 @@ def compare(
         keys = list(on)
     index_b = {tuple(r.get(c) for c in keys): r for r in b.rows}
     seen, lines = set(), []
-    for ra in a.rows:
+    for ra in sorted(a.rows, key=lambda r: order_key(tuple(r.get(c) for c in keys))):
         key = tuple(ra.get(c) for c in keys)
         rb = index_b.get(key)
         if rb is None:
@@ -174,8 +173,8 @@ def compare(
             line.update(threshold=None, change="")
             if va is not None and vb is not None and va:
                 sa, sb = abs(va) * relative_spread(ra, kind), abs(vb) * relative_spread(rb, kind)
-                line["B/A"] = vb / va
-                line["threshold"] = max(k * math.hypot(sa, sb) / abs(va), min_change)
+                line["B/A"] = round(vb / va, 4)
+                line["threshold"] = round(max(k * math.hypot(sa, sb) / abs(va), min_change), 4)
                 if is_flagged(va, vb, sa, sb, k=k, min_change=min_change):
                     line["change"] = "better" if (vb > va) == higher_better else "worse"
             lines.append(line)
@@ -188,9 +187,11 @@ def compare(
     )
 
 
-def to_table(result: Comparison) -> pa.Table:
-    """The comparison lines as an Arrow table (for the formats module)."""
-    return pa.Table.from_pylist(result.lines) if result.lines else pa.table({"metric": []})
+def order_key(key: tuple) -> tuple:
+    """Sort key for mixed values: None last, numbers by value, text by text."""
+    return tuple(
+        (v is None, isinstance(v, str), 0 if isinstance(v, str) else v or 0, str(v)) for v in key
+    )
 
 
 def summary_line(result: Comparison, a: Side, b: Side) -> str:

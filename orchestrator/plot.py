@@ -16,12 +16,13 @@ latest ok attempt of each cell is plotted.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.compare import MATCH_CANDIDATES
+from orchestrator.compare import MATCH_CANDIDATES, order_key
 from orchestrator.dataset import PEAK_COLUMN, job_dirs, load_results, ok_rows
 from orchestrator.errors import MissingDependencyError, QueryError
 
@@ -75,6 +76,18 @@ class PlotSpec:
         return "_".join(parts) + ".png"
 
 
+def _log_label(value: float, _pos: int | None = None) -> str:
+    """Tick labels on a log axis at 1, 2 and 5 times a power of ten only.
+
+    >>> [_log_label(v) for v in (20.0, 30.0, 500.0)]
+    ['20', '', '500']
+    """
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if round(lead, 6) in (1, 2, 5) else ""
+
+
 def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -87,7 +100,7 @@ def _series(rows: list[dict], spec: PlotSpec) -> OrderedDict:
     ]
     keys = ([spec.hue] if spec.hue else []) + split
     panels: OrderedDict = OrderedDict()
-    for row in sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in (spec.col, *keys))):
+    for row in sorted(rows, key=lambda r: order_key(tuple(r.get(k) for k in (spec.col, *keys)))):
         x, y = row.get(spec.x), row.get(spec.y)
         if x is None or y is None:
             continue
@@ -100,7 +113,7 @@ def _series(rows: list[dict], spec: PlotSpec) -> OrderedDict:
 def draw(rows: list[dict], spec: PlotSpec, out_dir: Path) -> Path:
     """Write one PNG for `spec` from result rows; returns its path."""
     plt = require_matplotlib()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     for name in (spec.x, spec.y, spec.hue, spec.col):
         if name and not any(name in r for r in rows):
@@ -137,6 +150,8 @@ def draw(rows: list[dict], spec: PlotSpec, out_dir: Path) -> Path:
             ax.set_xscale("log", base=2)
         if spec.logy:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(_log_label))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_log_label))
         if all(isinstance(x, (int, float)) for x in xs_all) and len(xs_all) <= 12:
             ax.set_xticks(xs_all)
             ax.xaxis.set_major_formatter(ScalarFormatter())

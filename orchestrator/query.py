@@ -1,7 +1,7 @@
 """`python -m orchestrator query RESULTS_DIR`: filter, group, aggregate and sort stored results.
 
     query results/sweep --where "status = 'ok' and batch_size >= 4" \\
-        --columns method,batch_size,prompt_len,decode_tok_s --sort -decode_tok_s --limit 5
+        --columns method,batch_size,prompt_len,decode_tok_s --sort=-decode_tok_s --limit 5
     query results/sweep --group-by method,batch_size --agg decode_tok_s:mean,ttft_ms:median
 
 Steps, in order: load (optionally only the latest attempt per cell, optionally with the run
@@ -53,7 +53,7 @@ class QuerySpec:
     columns: tuple[str, ...] = ()  # empty: DEFAULT_COLUMNS that exist; ("all",): every column
     group_by: tuple[str, ...] = ()
     agg: tuple[tuple[str, str], ...] = ()  # (column or "*", aggregation)
-    sort: tuple[str, ...] = ()  # "col" ascending, "-col" descending
+    sort: tuple[str, ...] = ()  # "col" ascending, "-col" or "col:desc" descending
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -145,14 +145,27 @@ def _drop_none(values: list | None) -> list:
     return [v for v in values or [] if v is not None]
 
 
+def sort_key(item: str) -> tuple[str, str]:
+    """'-col' or 'col:desc' -> (col, 'descending'); 'col' or 'col:asc' -> (col, 'ascending').
+
+    On the command line write `--sort=-col` (argparse reads `--sort -col` as an option).
+
+    >>> sort_key("-decode_tok_s"), sort_key("ttft_ms:desc"), sort_key("method")
+    (('decode_tok_s', 'descending'), ('ttft_ms', 'descending'), ('method', 'ascending'))
+    """
+    name, _, direction = item.partition(":")
+    if direction not in ("", "asc", "desc"):
+        raise QueryError(f"--sort {item!r}: expected COL, -COL, COL:asc or COL:desc")
+    descending = name.startswith("-") or direction == "desc"
+    return name.removeprefix("-"), "descending" if descending else "ascending"
+
+
 def _sort(table: pa.Table, sort: tuple[str, ...]) -> pa.Table:
-    order = []
-    for item in sort:
-        name = item.removeprefix("-")
+    order = [sort_key(item) for item in sort]
+    for name, _ in order:
         if name not in table.column_names:
             raise unknown_column(name, table.schema, "--sort column")
-        order.append((name, "descending" if item.startswith("-") else "ascending"))
-    return table.sort_by(order, null_placement="at_end") if order else table
+    return table.sort_by(order) if order else table  # nulls last
 
 
 def _selected(spec: QuerySpec, schema: pa.Schema) -> list[str]:

@@ -49,7 +49,10 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     q.add_argument("--columns", help="columns to show, comma-separated, or 'all'")
     q.add_argument("--group-by", help="group keys, comma-separated")
     q.add_argument("--agg", help="aggregations COL:FN (mean median min max count sum std)")
-    q.add_argument("--sort", help="sort keys, comma-separated; -COL for descending")
+    q.add_argument(
+        "--sort",
+        help="sort keys, comma-separated; --sort=-COL or COL:desc for descending",
+    )
     q.add_argument("--limit", type=int, help="at most N rows")
     q.add_argument("--latest", action="store_true", help="only the latest attempt of each cell")
     q.add_argument(

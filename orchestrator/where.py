@@ -205,6 +205,11 @@ class _Parser:
         if op is None:
             raise self._error("expected a comparison (= != < <= > >=, in, is null)")
         right_tok = self.tok
+        if right_tok.kind == "name" and right_tok.text not in self.schema.names:
+            raise QueryError(
+                f"--where {self.text!r}: unknown column {right_tok.text!r}; to compare with the "
+                f"text, quote it: '{right_tok.text}'; {column_list(self.schema)}"
+            )
         right = self._operand()
         left, right = self._coerce(start, left, right_tok, right)
         return _OPS[op.text](left, right)

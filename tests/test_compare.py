@@ -1,0 +1,100 @@
+"""`compare`: cells matched by parameters, ratios, and flags only where a change exceeds the
+runs' own measured spread (a planted 2x change is flagged, a 1% change inside the spread is not)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.compare import Side, compare, is_flagged
+from orchestrator.store import ResultStore
+from tests.results_data import GRID, make_record
+
+PLANTED = ("cached", 4, 128)  # the cell made 2x faster in run B
+
+
+def write_run(job_dir, run_id, *, planted=2.0, others=1.01, cv=0.05, **extra):
+    store = ResultStore(job_dir)
+    for method, batch, prompt in GRID:
+        scale = planted if (method, batch, prompt) == PLANTED else others
+        store.write(make_record(method, batch, prompt, run_id=run_id, scale=scale, cv=cv, **extra))
+    return store
+
+
+@pytest.fixture()
+def two_dirs(tmp_path):
+    write_run(tmp_path / "a" / "sweep", "run-a", planted=1.0, others=1.0)
+    write_run(tmp_path / "b" / "sweep", "run-b")
+    return tmp_path / "a" / "sweep", tmp_path / "b" / "sweep"
+
+
+def lines_of(capsys, *argv, code=0) -> list[dict]:
+    assert main(["compare", *map(str, argv), "--format", "json"]) == code, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_planted_2x_is_flagged_and_1_percent_is_not(two_dirs, capsys):
+    lines = lines_of(capsys, *two_dirs)
+    decode = [line for line in lines if line["metric"] == "decode_tok_s"]
+    assert len(decode) == 8  # every cell matched
+    flagged = {(x["method"], x["batch_size"], x["prompt_len"]) for x in decode if x["change"]}
+    assert flagged == {PLANTED}
+    planted = next(x for x in decode if (x["method"], x["batch_size"], x["prompt_len"]) == PLANTED)
+    assert planted["B/A"] == pytest.approx(2.0) and planted["change"] == "better"
+    others = [x for x in decode if x is not planted]
+    assert all(x["B/A"] == pytest.approx(1.01) for x in others)
+    assert all(x["threshold"] > 0.01 for x in others)  # the 1% change is inside the spread
+    ttft = next(x for x in lines if x["metric"] == "ttft_ms" and x["change"])
+    assert ttft["change"] == "better" and ttft["B/A"] == pytest.approx(0.5)  # lower is better
+    memory = [x for x in lines if x["metric"] == "peak_bytes"]
+    assert memory and not any(x["change"] for x in memory)
+    # the summary line goes to stderr
+    main(["compare", *map(str, two_dirs)])
+    err = capsys.readouterr().err
+    assert "8 cells matched (0 only in A, 0 only in B)" in err
+    assert "changes beyond the spread" in err
+
+
+def test_flag_depends_on_the_measured_spread(tmp_path):
+    """The same 10% change: flagged when the runs are tight, not when they are noisy."""
+    results = {}
+    for cv in (0.005, 0.2):
+        a = [make_record(m, b, p, scale=1.0, cv=cv) for m, b, p in GRID]
+        b = [make_record(m, b, p, scale=1.1, cv=cv, run_id="run-b") for m, b, p in GRID]
+        result = compare(Side("a", a), Side("b", b), metrics=("decode_tok_s",))
+        results[cv] = {line["change"] for line in result.lines}
+    assert results[0.005] == {"better"}
+    assert results[0.2] == {""}
+    assert is_flagged(100.0, 103.0, 0.1, 0.1) and not is_flagged(100.0, 101.0, 0.1, 0.1)
+
+
+def test_two_run_ids_in_one_results_dir(tmp_path, capsys):
+    job = tmp_path / "results" / "sweep"
+    write_run(job, "20260101T000000-aaaaaa", planted=1.0, others=1.0)
+    write_run(job, "20260102T000000-bbbbbb", minute=5)
+    argv = ["20260101", "20260102", "--results", job, "--only-changed"]
+    lines = lines_of(capsys, *argv, "--fail-on-change", code=1)
+    assert {(x["method"], x["batch_size"], x["prompt_len"]) for x in lines} == {PLANTED}
+    assert lines_of(capsys, *argv)  # without --fail-on-change: exit 0
+    # a results root works as --results too; an unknown or ambiguous id lists the runs
+    assert main(["compare", "2026", "20260102", "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "2026 is ambiguous" in err and "20260101T000000-aaaaaa" in err
+    assert main(["compare", "nope", "20260102", "--results", str(job)]) == 2
+    assert "nope is not a directory nor a run id" in capsys.readouterr().err
+
+
+def test_parameters_constant_in_each_run_are_compared_not_matched(tmp_path, capsys):
+    write_run(tmp_path / "a" / "sweep", "run-a", planted=1.0, others=1.0)
+    write_run(tmp_path / "b" / "sweep", "run-b", model_seed=1)  # another model, same grid
+    assert main(["compare", str(tmp_path / "a" / "sweep"), str(tmp_path / "b" / "sweep")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("differs between A and B: model_seed (0 vs 1)")
+    assert "better" in out
+
+
+def test_bad_metric_exits_2(two_dirs, capsys):
+    assert main(["compare", *map(str, two_dirs), "--metrics", "speed"]) == 2
+    assert "--metrics 'speed': expected some of decode_tok_s" in capsys.readouterr().err
