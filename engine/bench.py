@@ -35,9 +35,10 @@ from engine.model import UNet
 from engine.naive import naive_generate
 from engine.profiler import LatencyStats, TorchProfiler, median
 from engine.sampling import check_request, make_generator, sample_next
+from engine.static import GraphDecoder
 from engine.tokenizer import load_tokenizer
 
-Method = Literal["naive", "cached"]
+Method = Literal["naive", "cached", "cached_graph"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Activation estimate for memory_budget_bytes: bytes per (token x widest stage width x itemsize).
 # A block holds the residual, its norm, q/k/v, the attention output and the 4x-wide MLP hidden
@@ -312,6 +313,25 @@ def _run_cached(model: UNet, spec: BenchSpec, ids: torch.Tensor, engine: Any) ->
                             spec.max_tokens)
 
 
+def _run_cached_graph(model: UNet, spec: BenchSpec, ids: torch.Tensor, engine: Any) -> Generation:
+    """The static-shape path: CUDA graphs per decode phase on a GPU, the same code eagerly on CPU.
+    The decoder (and its graphs) persists on the engine across warmup and repeats."""
+    engine = engine if engine is not None else UNetEngine(model)
+    decoder = GraphDecoder.for_engine(engine, ids.size(0), ids.size(1) + spec.max_tokens)
+    generator = make_generator(spec.seed, ids.device) if spec.temperature > 0 else None
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        with record_function("sampling"):
+            return sample_next(logits, spec.temperature, spec.top_k, generator)
+
+    def first() -> torch.Tensor:
+        check_request(engine.config, ids.size(1), spec.max_tokens, ids)
+        return sample(decoder.prefill(ids))
+
+    return timed_generation(ids.device, first, lambda prev: sample(decoder.decode(prev)),
+                            spec.max_tokens)
+
+
 @dataclass(frozen=True)
 class MethodRunner:
     """How to run one method: ``run(model, spec, prompt ids on device, engine or None)``;
@@ -324,6 +344,7 @@ class MethodRunner:
 RUNNERS: dict[str, MethodRunner] = {
     "naive": MethodRunner(_run_naive, kv_cache=False),
     "cached": MethodRunner(_run_cached, kv_cache=True),
+    "cached_graph": MethodRunner(_run_cached_graph, kv_cache=True),
 }
 
 
@@ -364,6 +385,8 @@ def measure_cell(
       ``estimate_cell_bytes`` exceeds it (simulates an OOM on machines without a GPU).
     """
     runner = RUNNERS[spec.method]
+    if runner.kv_cache and engine is None:
+        engine = UNetEngine(model)  # one engine for warmup and repeats (graphs, decode copies)
     device = _check_model(model, spec)
     cfg = model.config
     if prompt_ids is None:

@@ -19,6 +19,7 @@ class KVCache:
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         self.keys = keys
         self.values = values
+        self._slots: torch.Tensor | None = None  # arange(capacity), for static-shape masks
 
     @classmethod
     def empty(cls, batch: int, capacity: int, n_kv_head: int, head_dim: int, *, dtype, device) -> KVCache:
@@ -29,12 +30,23 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys.size(1)
 
-    def write(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v (B, T, H, D) at positions pos..pos+T-1; return the valid prefix views."""
+    def write(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k/v (B, T, H, D) at positions pos..pos+T-1; return ``(keys, values, mask)``.
+
+        With an int ``pos`` the result is the valid prefix and no mask. With a device tensor
+        ``pos`` (shape (1,), one token) the shapes stay static, as CUDA graphs need: the whole
+        buffer comes back with a mask of the valid slots (1, capacity).
+        """
+        if isinstance(pos, torch.Tensor):
+            self.keys.index_copy_(1, pos, k)
+            self.values.index_copy_(1, pos, v)
+            if self._slots is None:
+                self._slots = torch.arange(self.capacity, device=self.keys.device)
+            return self.keys, self.values, (self._slots <= pos)[None]  # (1, capacity): one query
         end = pos + k.size(1)
         self.keys[:, pos:end] = k
         self.values[:, pos:end] = v
-        return self.keys[:, :end], self.values[:, :end]
+        return self.keys[:, :end], self.values[:, :end], None
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
@@ -67,6 +79,10 @@ class DecodeState:
     - ``enc_last[s]`` (B, C[s]): last encoder output, the pooling partner of the next token;
     - ``pending[s]`` (B, C[s]): second half of the last unpool from stage s+1, waiting for
       stage s's next token (zeros until stage s+1 has produced output).
+
+    ``enc_last`` and ``pending`` are updated in place. With ``device_positions`` set (see
+    ``use_device_positions``) the positions also live on the device, (1,) long per stage, and
+    the decode step has static shapes.
     """
 
     caches: list[list[KVCache]]
@@ -74,6 +90,7 @@ class DecodeState:
     enc_last: list[torch.Tensor]
     pending: list[torch.Tensor]
     max_len: int
+    device_positions: list[torch.Tensor] | None = None
 
     @classmethod
     def allocate(cls, config: UNetConfig, batch: int, max_len: int, *, dtype, device) -> DecodeState:
@@ -98,6 +115,28 @@ class DecodeState:
         """Input tokens consumed so far (prompt + decoded)."""
         return self.positions[0]
 
+    def advance(self, depth: int) -> None:
+        """Count one more token in stages 0..depth (host side; device positions move in the step)."""
+        for s in range(depth + 1):
+            self.positions[s] += 1
+
+    def reset(self) -> None:
+        """Empty the state for a new prompt, keeping every tensor (and its address)."""
+        self.positions = [0] * len(self.positions)
+        for tensor in (*self.enc_last, *self.pending):
+            tensor.zero_()
+
+    def use_device_positions(self) -> DecodeState:
+        """Keep positions on the device too, for the static-shape (graph) decode step."""
+        device = self.enc_last[0].device
+        self.device_positions = [torch.tensor([p], device=device) for p in self.positions]
+        return self
+
+    def sync_device_positions(self) -> None:
+        if self.device_positions is not None:
+            for tensor, position in zip(self.device_positions, self.positions):
+                tensor.fill_(position)
+
     def kv_bytes(self) -> int:
         """Actual bytes held by the K/V tensors."""
         return sum(cache.nbytes() for stage in self.caches for cache in stage)
@@ -106,6 +145,8 @@ class DecodeState:
         """Copy a batch-1 state into n identical rows (prefill once, sample n times)."""
         if self.batch_size != 1:
             raise ValueError(f"repeat_rows needs a batch-1 state, got batch {self.batch_size}")
+        if self.device_positions is not None:
+            raise ValueError("repeat_rows copies eager states only; repeat before use_device_positions()")
         return DecodeState(
             caches=[[c.repeat_rows(n) for c in stage] for stage in self.caches],
             positions=list(self.positions),

@@ -44,6 +44,8 @@ class UNetEngine:
         self.model = model
         self.tokenizer = tokenizer
         self._lm_head_t = self._transposed_head(model)
+        # GraphDecoders (engine.static) by (batch, max_len), kept so captured graphs are replayed.
+        self.static_decoders: dict[tuple[int, int], object] = {}
 
     @staticmethod
     def _transposed_head(model: UNet) -> torch.Tensor | None:
@@ -76,34 +78,58 @@ class UNetEngine:
 
     # --- the two primitives --------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor, max_len: int | None = None) -> tuple[torch.Tensor, DecodeState]:
+    def prefill(
+        self, ids: torch.Tensor, max_len: int | None = None, state: DecodeState | None = None
+    ) -> tuple[torch.Tensor, DecodeState]:
         """Run the prompt ids [B, T]; return the last position's logits [B, V] and the state.
 
         ``max_len`` bounds prompt + generated tokens (default: the larger of T and sequence_len).
+        An existing ``state`` of the same batch size is reset and refilled in place (its tensors
+        keep their addresses, which captured CUDA graphs rely on).
         """
         ids = as_prompt_batch(ids, self.device)
         B, T = ids.shape
         cfg = self.config
-        max_len = max_len if max_len is not None else min(max(T, cfg.sequence_len), cfg.max_len)
-        if not T <= max_len <= cfg.max_len:
-            raise GenerationError(f"max_len={max_len} must lie in [prompt length {T}, model limit {cfg.max_len}]")
-        state = DecodeState.allocate(cfg, B, max_len, dtype=self.model.lm_head.weight.dtype, device=self.device)
+        if state is None:
+            max_len = max_len if max_len is not None else min(max(T, cfg.sequence_len), cfg.max_len)
+            if not T <= max_len <= cfg.max_len:
+                raise GenerationError(f"max_len={max_len} must lie in [prompt length {T}, model limit {cfg.max_len}]")
+            state = DecodeState.allocate(cfg, B, max_len, dtype=self.model.lm_head.weight.dtype, device=self.device)
+        elif state.batch_size != B or T > state.max_len:
+            raise GenerationError(f"prompt [{B}, {T}] does not fit a state of batch {state.batch_size}, "
+                                  f"max_len {state.max_len}")
+        else:
+            state.reset()
         logits, enc_outputs, dec_outputs = self.model(ids, caches=state.caches)
         for s, enc in enumerate(enc_outputs):
             state.positions[s] = enc.size(1)
-            state.enc_last[s] = enc[:, -1]
+            state.enc_last[s].copy_(enc[:, -1])
             if s > 0:
-                state.pending[s - 1] = self.model.unpool(s)(dec_outputs[s][:, -1:])[:, 1]
+                state.pending[s - 1].copy_(self.model.unpool(s)(dec_outputs[s][:, -1:])[:, 1])
+        state.sync_device_positions()
         return logits[:, -1], state
 
     @torch.inference_mode()
     def decode(self, state: DecodeState, ids: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (LongTensor [B]); return the next logits [B, V]."""
-        model, position = self.model, state.positions[0]
+        position = state.positions[0]
         if position >= state.max_len:
             raise GenerationError(f"the cache is full: {position} tokens already, max_len={state.max_len}")
         depth = active_depth(position, self.config.n_stages)
-        cos, sin = model.cos[position : position + 1], model.sin[position : position + 1]
+        logits = self.decode_step(state, ids, depth)
+        state.advance(depth)
+        return logits
+
+    def decode_step(self, state: DecodeState, ids: torch.Tensor, depth: int) -> torch.Tensor:
+        """The tensor work of one decode step through stages 0..depth, without the host-side
+        position bookkeeping (``state.advance``), so a static-shape state's step can be captured
+        in a CUDA graph and replayed."""
+        model, static = self.model, state.device_positions is not None
+        positions = state.device_positions if static else state.positions
+        if static:
+            cos, sin = model.cos.index_select(0, positions[0]), model.sin.index_select(0, positions[0])
+        else:
+            cos, sin = model.cos[positions[0] : positions[0] + 1], model.sin[positions[0] : positions[0] + 1]
         with record_function("embedding"):
             x = model.embed(ids.view(-1, 1))
         enc_new = []
@@ -114,8 +140,10 @@ class UNetEngine:
                     x = model.pool(s)(torch.stack((partner, x[:, 0]), dim=1))
             with record_function(f"encoder_stage_{s}"):
                 for i, block in enumerate(model.encoder_blocks(s)):
-                    x = block(x, cos, sin, state.caches[s][i], state.positions[s])
-            partner, state.enc_last[s] = state.enc_last[s], x[:, 0]
+                    x = block(x, cos, sin, state.caches[s][i], positions[s])
+            if s < depth:
+                partner = state.enc_last[s].clone()
+            state.enc_last[s].copy_(x[:, 0])
             enc_new.append(x)
         h = enc_new[depth] + state.pending[depth][:, None]
         for s in reversed(range(depth + 1)):
@@ -123,13 +151,14 @@ class UNetEngine:
                 with record_function(f"unpool_{s + 1}"):
                     up = model.unpool(s + 1)(h)  # (B, 2, C[s]): this token's half, then the next's
                 h = enc_new[s] + up[:, :1]
-                state.pending[s] = up[:, 1]
+                state.pending[s].copy_(up[:, 1])
             n_enc = self.config.encoder_layers(s)
             with record_function(f"decoder_stage_{s}"):
                 for i, block in enumerate(model.decoder_blocks(s)):
-                    h = block(h, cos, sin, state.caches[s][n_enc + i], state.positions[s])
-        for s in range(depth + 1):
-            state.positions[s] += 1
+                    h = block(h, cos, sin, state.caches[s][n_enc + i], positions[s])
+        if static:
+            for s in range(depth + 1):
+                positions[s].add_(1)
         with record_function("lm_head"):
             return self._decode_head(h)[:, 0]
 

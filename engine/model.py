@@ -60,19 +60,20 @@ class Attention(nn.Module):
         self.c_v = nn.Linear(width, n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(width, width, bias=False)
 
-    def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         # RoPE first, then QK-norm: with bf16 tables the two orders differ by ~3e-3.
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        mask = None
         if kv is not None:
             # A multi-token call (prefill) always starts at 0; a decode call adds one token.
-            assert pos == 0 or T == 1, "the cache takes a prefill from 0 or one token at a time"
-            k, v = kv.write(pos, k, v)
+            assert T == 1 or pos == 0, "the cache takes a prefill from 0 or one token at a time"
+            k, v, mask = kv.write(pos, k, v)
         y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
             is_causal=T > 1, enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
@@ -94,7 +95,7 @@ class Block(nn.Module):
         self.attn = Attention(width, n_head, n_kv_head)
         self.mlp = MLP(width)
 
-    def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
         x = x + self.attn(norm(x), cos, sin, kv, pos)
         return x + self.mlp(norm(x))
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-METHODS = ("naive", "cached")
+METHODS = ("naive", "cached", "cached_graph")
 DTYPES = ("float32", "bfloat16", "float16")
 TAG_RE = re.compile(r"^d\[(\d+(?:,\d+)*)\]-h\[(\d+(?:,\d+)*)\]$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -16,7 +16,8 @@ from workers.record import Status
 
 ROW_KEYS = ("batch_size", "prompt_len", "max_tokens")
 EXTRA_KEYS = ("dtype", "temperature", "top_k")
-METHOD_ORDER = ("naive", "cached")
+METHOD_ORDER = ("naive", "cached", "cached_graph")
+BASELINE = "naive"  # speedups and token matches are against the oracle
 MIB = 1024 * 1024
 
 
@@ -61,8 +62,8 @@ def _peak_mib(row: dict) -> float | None:
     return None
 
 
-def _match(by_method: dict) -> str:
-    naive, cached = by_method.get("naive"), by_method.get("cached")
+def _match(by_method: dict, method: str = "cached") -> str:
+    naive, cached = by_method.get(BASELINE), by_method.get(method)
     if not naive or not cached:
         return "-"
     if (naive.get("temperature") or 0) != 0:
@@ -107,29 +108,29 @@ def model_tables(rows: list[dict]) -> list[tuple[str, str]]:
         for row in model_rows:
             groups.setdefault(tuple(row.get(k) for k in keys), {})[row.get("method")] = row
         headers = [*keys, *(f"decode tok/s {m}" for m in methods)]
-        both = "naive" in methods and "cached" in methods
-        if both:
-            headers.append("speedup")
+        # Each cached method against the naive oracle: its speedup and whether its tokens match.
+        versus = [m for m in methods if m != BASELINE] if BASELINE in methods else []
+        suffix = (lambda m: "") if versus == ["cached"] else (lambda m: f" {m}")
+        headers += [f"speedup{suffix(m)}" for m in versus]
         headers += [*(f"TTFT ms {m}" for m in methods), *(f"peak MiB {m}" for m in methods)]
-        if "cached" in methods:
+        kv_method = next((m for m in methods if m != BASELINE), None)
+        if kv_method:
             headers.append("KV MiB")
-        if both:
-            headers.append("tokens match")
+        headers += [f"tokens match{suffix(m)}" for m in versus]
         table = []
         for key, by_method in groups.items():
             line = list(key)
             line += [_fmt((by_method.get(m) or {}).get("decode_tok_s")) for m in methods]
-            if both:
-                n = (by_method.get("naive") or {}).get("decode_tok_s")
-                c = (by_method.get("cached") or {}).get("decode_tok_s")
+            n = (by_method.get(BASELINE) or {}).get("decode_tok_s")
+            for m in versus:
+                c = (by_method.get(m) or {}).get("decode_tok_s")
                 line.append(f"{c / n:.2f}x" if n and c else "-")
             line += [_fmt((by_method.get(m) or {}).get("ttft_ms"), 2) for m in methods]
             line += [_fmt(_peak_mib(by_method.get(m) or {})) for m in methods]
-            if "cached" in methods:
-                kv = (by_method.get("cached") or {}).get("kv_cache_bytes")
+            if kv_method:
+                kv = (by_method.get(kv_method) or {}).get("kv_cache_bytes")
                 line.append(_fmt(None if kv is None else kv / MIB, 2))
-            if both:
-                line.append(_match(by_method))
+            line += [_match(by_method, m) for m in versus]
             table.append(line)
         out.append(
             (label, tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
