@@ -1,8 +1,9 @@
 """`python -m orchestrator compare A B`: match the cells of two runs, ratio each metric, and flag
 the differences larger than the runs' own measured spread.
 
-A and B are each a run id (or a unique prefix of one) found in `--results`, or a results
-directory (then its latest attempt of every cell). Only ok rows are compared.
+A and B are each a run id (or a unique prefix of one, or `latest` / `previous`: the newest run
+and the one before it, run ids being timestamps) found in `--results`, or a results directory
+(then its latest attempt of every cell). Only ok rows are compared.
 
 Matching: cells are matched on their parameter columns (grid axes, measurement settings and
 model identity) that vary *within* A or within B. A parameter constant in each run but different
@@ -92,15 +93,18 @@ def is_flagged(
 
 
 def resolve_side(arg: str, results: Path | None) -> Side:
-    """A results directory, or a run id (unique prefix allowed) in the `results` directory."""
+    """A results directory, or a run id (unique prefix, `latest`, `previous`) in `results`."""
     path = Path(arg)
     if path.is_dir():
         return Side(str(path), ok_rows(load_results(path, latest=True)))
     if results is None:
         raise ResultsError(f"{arg}: not a directory; to compare run ids, pass --results DIR")
     table = load_results(results)
-    runs = distinct(table, "run_id") if "run_id" in table.column_names else []
-    matches = [r for r in runs if r == arg] or [r for r in runs if r.startswith(arg)]
+    runs = distinct(table, "run_id") if "run_id" in table.column_names else []  # oldest first
+    aliases = {"latest": runs[-1:], "previous": runs[-2:-1]}
+    matches = (
+        aliases.get(arg) or [r for r in runs if r == arg] or [r for r in runs if r.startswith(arg)]
+    )
     if len(matches) != 1:
         what = "is ambiguous" if matches else "is not a directory nor a run id"
         raise QueryError(f"{arg} {what} in {results}; runs: {', '.join(runs) or 'none'}")

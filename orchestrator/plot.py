@@ -3,7 +3,8 @@
 Default plots, written to `<job dir>/_plots/` (or `--out DIR`):
 
     decode_tok_s_vs_prompt_len.png   decode tokens/s vs prompt length, a line per method (log axes)
-    speedup_vs_prompt_len.png        cached/naive decode speedup vs prompt length, per batch size
+    speedup_vs_prompt_len.png        decode speedup over naive vs prompt length, per batch size
+                                     (a line per batch size and cached method)
     ttft_vs_prompt_len.png           time to first token vs prompt length, per method
     peak_memory_vs_batch_size.png    peak memory vs batch size per method, analytic KV cache dashed
 
@@ -174,9 +175,9 @@ def draw(rows: list[dict], spec: PlotSpec, out_dir: Path) -> Path:
     return path
 
 
-def speedup_rows(rows: list[dict], num: str = "cached", den: str = "naive") -> list[dict]:
-    """Rows of `num` cells with a `speedup` column: their decode tok/s over the matching `den`
-    cell's (matched on every other parameter).
+def speedup_rows(rows: list[dict], den: str = "naive") -> list[dict]:
+    """Rows of every method other than `den` with a `speedup` column: their decode tok/s over
+    the matching `den` cell's (matched on every other parameter).
 
     >>> speedup_rows([{"method": "naive", "decode_tok_s": 10.0, "batch_size": 1},
     ...               {"method": "cached", "decode_tok_s": 30.0, "batch_size": 1}])[0]["speedup"]
@@ -187,12 +188,9 @@ def speedup_rows(rows: list[dict], num: str = "cached", den: str = "naive") -> l
     out = []
     for row in rows:
         other = base.get(tuple(row.get(c) for c in params))
-        if (
-            row.get("method") == num
-            and other
-            and other.get("decode_tok_s")
-            and row.get("decode_tok_s")
-        ):
+        if row.get("method") == den or not other:
+            continue
+        if other.get("decode_tok_s") and row.get("decode_tok_s"):
             out.append({**row, "speedup": row["decode_tok_s"] / other["decode_tok_s"]})
     return out
 

@@ -78,6 +78,7 @@ def test_two_run_ids_in_one_results_dir(tmp_path, capsys):
     lines = lines_of(capsys, *argv, "--fail-on-change", code=1)
     assert {(x["method"], x["batch_size"], x["prompt_len"]) for x in lines} == {PLANTED}
     assert lines_of(capsys, *argv)  # without --fail-on-change: exit 0
+    assert lines_of(capsys, "previous", "latest", *argv[2:]) == lines
     # a results root works as --results too; an unknown or ambiguous id lists the runs
     assert main(["compare", "2026", "20260102", "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err
