@@ -216,7 +216,7 @@ def default_specs(job: str, device: str) -> list[PlotSpec]:
             hue="batch_size",
             logx=True,
             hline=1.0,
-            ylabel="cached / naive decode tok/s",
+            ylabel="decode tok/s over naive",
             filename="speedup_vs_prompt_len.png",
             title=f"{where}: KV-cache speedup vs prompt length",
         ),
