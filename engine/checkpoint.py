@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +127,20 @@ def load_checkpoint(
     return model.eval(), meta
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it onto ``path``.
+
+    The file gets the mode the umask gives new files (not mkstemp's 0600); on any error the
+    temporary file is removed and ``path`` is left as it was.
+
+    >>> atomic_write(Path("meta.json"), lambda tmp: Path(tmp).write_text("{}"))  # doctest: +SKIP
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; checkpoints follow the umask like nanochat's
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; follow the umask like nanochat's
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -154,7 +162,7 @@ def save_checkpoint(
     meta = {**(meta or {}), "step": step, "model_config": model.config.to_dict()}
     model_path = checkpoint_dir / f"model_{step:06d}.pt"
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(model_path, lambda tmp: torch.save(state_dict, tmp))
+    atomic_write(model_path, lambda tmp: torch.save(state_dict, tmp))
     meta_text = json.dumps(meta, indent=2)
-    _atomic_write(checkpoint_dir / f"meta_{step:06d}.json", lambda tmp: Path(tmp).write_text(meta_text))
+    atomic_write(checkpoint_dir / f"meta_{step:06d}.json", lambda tmp: Path(tmp).write_text(meta_text))
     return model_path

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,19 +29,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoint import (
-    checkpoint_dir_for,
-    config_from_meta,
-    list_steps,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-)
 from engine.config import UNetConfig
 from engine.data import DEFAULT_DATA_DIR, Corpus, load_corpus, sample_batch, val_windows
 from engine.errors import EngineError, TrainError
 from engine.model import UNet
 from engine.tokenizer import ByteTokenizer, TiktokenTokenizer, Tokenizer
+from engine.train_checkpoints import (
+    prepare_checkpoint_dir,
+    remove_checkpoints,
+    resume_from,
+    save_training_state,
+    saved_shape,
+)
+from engine.train_progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +55,6 @@ WARMUP_FRAC = 0.05  # linear warmup over the first 5% of the steps
 WARMDOWN_FRAC = 0.2  # linear decay to FINAL_LR_FRAC over the last 20%
 FINAL_LR_FRAC = 0.1
 EXIT_USAGE = 2
-_CHECKPOINT_FILES = ("model_", "meta_", "optim_")
-_CLI_NAMES = {
-    "sequence_len": "--seq-len",
-    "vocab_size": "--tokenizer",
-    "n_head": "--head-dim",
-    "n_kv_head": "--head-dim",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,171 +290,6 @@ def evaluate(
     return float(nats / n_tokens), float(nats / (math.log(2) * n_bytes))
 
 
-# --- progress -------------------------------------------------------------------------------------
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}:{seconds:02d}"
-
-
-class Progress:
-    """One status line: redrawn in place (``\\r``) on a terminal, printed every ~5% otherwise."""
-
-    MIN_REDRAW_S = 0.1
-
-    def __init__(self, total: int, start: int = 0, stream=None):
-        self.total, self.start = total, start
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every = max(1, (total - start) // 20)
-        self.width = 0  # characters of the line on screen (terminal only)
-        self.window_tokens, self.window_s = 0, 0.0  # since the last line: for tokens/s
-        self.total_s = 0.0  # all steps so far: for the ETA
-        self.drawn_at = 0.0
-
-    def update(self, step: int, loss: float, tokens: int, seconds: float, lr: float) -> None:
-        """Account one step of ``tokens`` tokens that took ``seconds``; show the line when due."""
-        self.window_tokens += tokens
-        self.window_s += seconds
-        self.total_s += seconds
-        now = time.perf_counter()
-        if self.tty:
-            due = step == self.total or now - self.drawn_at >= self.MIN_REDRAW_S
-        else:
-            due = step == self.total or (step - self.start) % self.every == 0
-        if not due:
-            return
-        tok_s = self.window_tokens / self.window_s if self.window_s else 0.0
-        eta = (self.total - step) * self.total_s / max(1, step - self.start)
-        line = (
-            f"step {step:>{len(str(self.total))}}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"{tok_s:,.0f} tok/s | eta {_duration(eta)}"
-        )
-        if self.tty:
-            self.stream.write("\r" + line.ljust(self.width))
-            self.width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self.drawn_at = now
-        self.window_tokens, self.window_s = 0, 0.0
-
-    def clear(self) -> None:
-        """Blank the in-place line so that a result line can be printed."""
-        if self.tty and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
-            self.width = 0
-
-    def close(self) -> None:
-        self.clear()
-
-
-# --- checkpoints ----------------------------------------------------------------------------------
-def prepare_checkpoint_dir(spec: TrainSpec) -> Path:
-    """Create ``<base>/base_checkpoints/<tag>`` and prove it writable; refuse to mix two runs'
-    checkpoints unless ``--resume`` or ``--overwrite`` says how."""
-    directory = checkpoint_dir_for(spec.tag, spec.base)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise TrainError(
-            f"base dir {spec.base} is not writable: cannot write in {directory}: {err.strerror}"
-        ) from None
-    steps = list_steps(directory)
-    if spec.resume and not steps:
-        raise TrainError(f"--resume: no checkpoint to resume in {directory}")
-    if steps and not spec.resume and not spec.overwrite:
-        raise TrainError(
-            f"{directory} already holds checkpoints (latest step {steps[-1]}): "
-            "pass --resume to continue or --overwrite to start over"
-        )
-    return directory
-
-
-def remove_checkpoints(directory: Path) -> None:
-    """Delete the model, meta and optimizer files of ``directory`` (``--overwrite``)."""
-    for name in os.listdir(directory):
-        if name.startswith(_CHECKPOINT_FILES):
-            (directory / name).unlink()
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_training_state(
-    model: UNet, optimizer: torch.optim.Optimizer, directory: Path, step: int, meta: dict
-) -> Path:
-    """``optim_<step>.pt`` first, then the model and meta (each atomic): a model file that exists
-    always has its optimizer state beside it."""
-    _atomic_torch_save(
-        {"step": step, "optimizer": optimizer.state_dict()}, directory / f"optim_{step:06d}.pt"
-    )
-    return save_checkpoint(model, directory, step, meta)
-
-
-def _config_mismatch(saved: UNetConfig, config: UNetConfig) -> str:
-    saved_d, new_d = saved.to_dict(), config.to_dict()
-    diffs = [
-        f"{k}={saved_d[k]} (this run: {new_d[k]}, {_CLI_NAMES.get(k, '--depth/--model-dim')})"
-        for k in saved_d
-        if saved_d[k] != new_d[k]
-    ]
-    return "; ".join(diffs)
-
-
-def resume_from(directory: Path, config: UNetConfig, device: torch.device, spec: TrainSpec):
-    """The latest checkpoint's model, optimizer and meta, after checking it has ``config``."""
-    step = list_steps(directory)[-1]
-    meta = read_meta(directory, step)
-    saved = config_from_meta(meta, directory / f"meta_{step:06d}.json")
-    if saved != config:
-        raise TrainError(
-            f"--resume: the checkpoint at step {step} in {directory} has a different "
-            f"config: {_config_mismatch(saved, config)}"
-        )
-    optim_path = directory / f"optim_{step:06d}.pt"
-    if not optim_path.is_file():
-        raise TrainError(
-            f"--resume: {optim_path} is missing (no optimizer state for step {step}); "
-            "pass --overwrite to start over"
-        )
-    model, meta = load_checkpoint(directory, step, device=device)
-    optimizer = make_optimizer(model, spec.learning_rate, spec.weight_decay)
-    try:
-        state = torch.load(optim_path, map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-    except Exception as err:  # noqa: BLE001 (torch raises many types for truncated or foreign files)
-        raise TrainError(
-            f"--resume: unreadable optimizer state {optim_path}: {type(err).__name__}: {err}"
-        ) from None
-    return model.train(), optimizer, meta, step
-
-
-def _saved_shape(spec: TrainSpec) -> tuple[int | None, int | None]:
-    """(sequence_len, head_dim) of the latest checkpoint, for --resume without --seq-len/--head-dim."""
-    directory = checkpoint_dir_for(spec.tag, spec.base)
-    steps = list_steps(directory) if directory.is_dir() else []
-    if not spec.resume or not steps:
-        return None, None
-    meta = read_meta(directory, steps[-1])
-    saved = config_from_meta(meta, directory / f"meta_{steps[-1]:06d}.json")
-    return saved.sequence_len, saved.head_dim
-
-
 # --- the loop -------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class Trainer:
@@ -566,7 +393,7 @@ def train(spec: TrainSpec, progress_stream=None) -> TrainRecord:
     """
     device = resolve_device(spec.device)
     tokenizer = resolve_tokenizer(spec.tokenizer)
-    saved_seq_len, saved_head_dim = _saved_shape(spec)
+    saved_seq_len, saved_head_dim = saved_shape(spec)
     seq_len = spec.seq_len or saved_seq_len or DEFAULT_SEQ_LEN
     config = build_config(spec, tokenizer.vocab_size, seq_len, spec.head_dim or saved_head_dim)
     directory = prepare_checkpoint_dir(spec)
@@ -576,7 +403,12 @@ def train(spec: TrainSpec, progress_stream=None) -> TrainRecord:
     if spec.overwrite:
         remove_checkpoints(directory)
     if spec.resume:
-        model, optimizer, meta, start = resume_from(directory, config, device, spec)
+        model, optimizer, meta, start = resume_from(
+            directory,
+            config,
+            device,
+            lambda m: make_optimizer(m, spec.learning_rate, spec.weight_decay),
+        )
         loop_state = meta.get("loop_state") or {}
     else:
         model = UNet(config).init_weights("reference", seed=spec.seed).to(device).train()

@@ -34,7 +34,6 @@ from engine.naive import naive_generate
 from engine.tokenizer import ByteTokenizer
 from engine.train import (
     MAX_SEQ_LEN,
-    Progress,
     TrainSpec,
     default_head_dim,
     evaluate,
@@ -44,6 +43,7 @@ from engine.train import (
     resolve_tokenizer,
     train_step,
 )
+from engine.train_progress import Progress
 
 TAG = "d[2,2]-h[32,64]"
 FIXTURE_TOKENIZER = (
