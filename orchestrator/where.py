@@ -205,7 +205,10 @@ class _Parser:
         if op is None:
             raise self._error("expected a comparison (= != < <= > >=, in, is null)")
         right_tok = self.tok
-        if right_tok.kind == "name" and right_tok.text not in self.schema.names:
+        left_is_text = start.kind == "name" and pa.types.is_string(
+            self.schema.field(start.text).type
+        )
+        if right_tok.kind == "name" and right_tok.text not in self.schema.names and left_is_text:
             raise QueryError(
                 f"--where {self.text!r}: unknown column {right_tok.text!r}; to compare with the "
                 f"text, quote it: '{right_tok.text}'; {column_list(self.schema)}"
@@ -233,7 +236,7 @@ class _Parser:
         if tok.kind == "name":
             self._take()
             if tok.text not in self.schema.names:
-                raise unknown_column(tok.text, self.schema)
+                raise QueryError(f"--where {self.text!r}: {unknown_column(tok.text, self.schema)}")
             typ = self.schema.field(tok.text).type
             if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_struct(typ):
                 raise QueryError(f"--where: column {tok.text!r} holds lists; it cannot be compared")
