@@ -161,7 +161,7 @@ def save_checkpoint(
         raise CheckpointError(f"checkpoint directory is not writable: {checkpoint_dir}")
     meta = {**(meta or {}), "step": step, "model_config": model.config.to_dict()}
     model_path = checkpoint_dir / f"model_{step:06d}.pt"
-    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # nanochat's layout
     atomic_write(model_path, lambda tmp: torch.save(state_dict, tmp))
     meta_text = json.dumps(meta, indent=2)
     atomic_write(checkpoint_dir / f"meta_{step:06d}.json", lambda tmp: Path(tmp).write_text(meta_text))

@@ -21,7 +21,7 @@ from torch.profiler import record_function
 
 from engine.cache import DecodeState
 from engine.errors import GenerationError
-from engine.model import SOFTCAP, UNet, norm
+from engine.model import UNet
 from engine.sampling import as_prompt_batch, check_request, make_generator, sample_next
 
 
@@ -43,30 +43,8 @@ class UNetEngine:
     def __init__(self, model: UNet, tokenizer=None):
         self.model = model
         self.tokenizer = tokenizer
-        self._lm_head_t = self._transposed_head(model)
         # GraphDecoders (engine.static) by (batch, max_len), kept so captured graphs are replayed.
         self.static_decoders: dict[tuple[int, int], object] = {}
-
-    @staticmethod
-    def _transposed_head(model: UNet) -> torch.Tensor | None:
-        """On CPU, a contiguous (C, vocab) copy of lm_head for decode: MKL's x @ W^T at batch 1
-        reads a (vocab, C) weight at about a third of the speed of x @ W with W row-major, and
-        lm_head is the largest matrix a decode step reads. Costs vocab * C more weight bytes."""
-        weight = model.lm_head.weight
-        if weight.device.type != "cpu":
-            return None
-        return weight[: model.config.vocab_size].detach().t().contiguous()
-
-    @property
-    def extra_weight_bytes(self) -> int:
-        """Bytes the engine holds beyond the model's weights (the CPU decode copy of lm_head)."""
-        return 0 if self._lm_head_t is None else self._lm_head_t.nbytes
-
-    def _decode_head(self, h: torch.Tensor) -> torch.Tensor:
-        if self._lm_head_t is None:
-            return self.model.head(h)
-        logits = (norm(h) @ self._lm_head_t).float()
-        return SOFTCAP * torch.tanh(logits / SOFTCAP)
 
     @property
     def config(self):
@@ -160,7 +138,7 @@ class UNetEngine:
             for s in range(depth + 1):
                 positions[s].add_(1)
         with record_function("lm_head"):
-            return self._decode_head(h)[:, 0]
+            return model.head(h)[:, 0]
 
     # --- generation loops ----------------------------------------------------------------------
     def _start(self, tokens, num_samples: int, max_tokens: int) -> tuple[torch.Tensor, DecodeState]:

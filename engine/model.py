@@ -154,6 +154,19 @@ class UNet(nn.Module):
         cos, sin = rotary_tables(config.rotary_len, config.head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self._store_weights_column_major()
+
+    def _store_weights_column_major(self) -> None:
+        """Keep each Linear weight (out, in) as the transpose of a contiguous (in, out) buffer.
+
+        Same values and state dict; F.linear then multiplies by a row-major (in, out) matrix,
+        which MKL's batch-1 GEMV on CPU reads 2-3x faster than (out, in) — the whole difference
+        between a weight-bandwidth-bound decode step and a slow one. Copies, loads and
+        ``.to(device, dtype)`` keep the layout; large-batch GEMMs do not care.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight = nn.Parameter(module.weight.detach().t().contiguous().t())
 
     def _blocks(self, s: int, count: int) -> nn.ModuleList:
         cfg = self.config
