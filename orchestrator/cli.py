@@ -1,9 +1,12 @@
 """Command line: `python -m orchestrator submit SPEC ...` and `python -m orchestrator summarize DIR`.
 
     submit SPEC [--results DIR] [--address ADDR] [--set K=V ...] [--dry-run]
+                [--rerun failed | --fresh]
+        runs the cells never run (or stopped mid-retry); --rerun failed also those whose latest
+        attempt failed; --fresh every cell (see orchestrator/resume.py, docs/failures.md)
         exit 0: every cell ok; 1: some cells failed (the rest are saved);
         2: invalid spec or arguments (nothing run, no results directory created);
-        130: interrupted (finished cells saved; the same submit resumes).
+        130: interrupted (finished cells saved; the command it prints resumes).
     summarize RESULTS_DIR      print the summary tables of stored results again
     query, compare, plot, summarize --pivot, submit --progress/--plot: see results_cli.py
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from orchestrator import results_cli, summary
-from orchestrator.errors import OrchestratorError, ResultsError, SpecError
+from orchestrator.errors import Interrupted, OrchestratorError, ResultsError, SpecError
 from orchestrator.grid import expand_cells
 from orchestrator.spec import load_job_spec
 from orchestrator.store import ResultStore
@@ -71,7 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. --set measure.repeats=5 --set grid.batch_size=[1,8])",
     )
     p.add_argument("--dry-run", action="store_true", help="print the cells and run nothing")
-    p.add_argument(
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--rerun",
+        choices=["failed"],
+        default=None,
+        help="--rerun failed: also run the cells whose latest attempt failed "
+        "(error, timeout, oom, skipped_oom); cells already ok are still skipped",
+    )
+    again.add_argument(
         "--fresh",
         action="store_true",
         help="run every cell again, even those already ok (earlier rows are kept)",
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return results_cli.summarize_pivot(args)
         return _summarize(Path(args.results_dir))
     except OrchestratorError as e:
-        print(str(e) if isinstance(e, SpecError) else f"error: {e}", file=sys.stderr)
+        print(str(e) if isinstance(e, (SpecError, Interrupted)) else f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
@@ -178,21 +189,14 @@ def _submit(args: argparse.Namespace) -> int:
             Path(args.results),
             address=args.address,
             fresh=args.fresh,
+            rerun_failed=args.rerun == "failed",
             **results_cli.submit_options(args),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary.render(outcome.rows, title=f"{job.name}: {outcome.job_dir}"))
     results_cli.after_submit(args, outcome.job_dir)
-    log.info(
-        "%d cells: %d skipped (already ok), %d run, %d failed; %.1fs; results in %s",
-        outcome.total,
-        outcome.skipped,
-        outcome.ran,
-        outcome.failed,
-        outcome.wall_s,
-        outcome.job_dir,
-    )
+    log.info("%s", outcome.summary_line())
     return outcome.exit_code
 
 

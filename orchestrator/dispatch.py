@@ -7,7 +7,8 @@ slow one. Scheduling uses `ray.wait` with a timeout; nothing busy-waits.
 
 Faults: a worker that dies mid-cell is restarted by Ray and the cell retried up to
 `workers.retries` times; a cell past `workers.cell_timeout_s` is recorded as `timeout` and its
-worker replaced; an `oom` cell makes the queued cells it dominates `skipped_oom`.
+worker replaced; an `oom` cell makes the queued cells it dominates `skipped_oom`. A restarted
+worker gets no cell until it answers `ready()` again, so no cell is lost to a restarting actor.
 
 Ray is imported here and in workers/actor.py only.
 """
@@ -17,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -86,6 +89,21 @@ def _stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """`ray.init` replaces the SIGTERM handler with `sys.exit`; put back a handler the caller
+    installed (the CLI's turns SIGTERM into Ctrl-C: finished cells kept, exit 130, resume hint)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if saved not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, saved)
+
+
 @dataclass
 class RayConnection:
     """A connection made by `connect`; `close()` shuts down only what it started."""
@@ -125,7 +143,7 @@ def connect(address: str | None, log_file: Path | None) -> RayConnection:
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     try:
         redirect = _stderr_to(log_file) if log_file is not None else contextlib.nullcontext()
-        with redirect:
+        with redirect, _keep_sigterm_handler():
             if address:
                 ray.init(address=address, **kwargs)
             elif os.environ.get("RAY_ADDRESS"):  # e.g. inside `ray job submit`: join that
@@ -283,6 +301,8 @@ class Dispatcher:
         self.queues: OrderedDict[str, deque] = OrderedDict()
         self.inflight: dict[Any, _Task] = {}
         self.slots: list[_Slot] = []
+        self.restarting: dict[Any, _Slot] = {}  # ready() probe -> slot whose actor restarts
+        self.lost: set[int] = set()  # slots whose actor could not be restarted
 
     # -- records made by the driver (worker died, timeout, skipped) --------------------------
     def _driver_record(self, task: _Task, status: Status, error: str) -> dict:
@@ -322,7 +342,33 @@ class Dispatcher:
         return self.queues[key].popleft()
 
     def _busy(self) -> set[int]:
-        return {t.slot.index for t in self.inflight.values() if t.slot is not None}
+        busy = {t.slot.index for t in self.inflight.values() if t.slot is not None}
+        return busy | {s.index for s in self.restarting.values()} | self.lost
+
+    # -- restarted workers ------------------------------------------------------------------
+    def _await_restart(self, slot: _Slot) -> None:
+        """Hold `slot` back until its restarted actor answers ready() (Ray fails calls made
+        while an actor restarts, which would cost the next cell an attempt)."""
+        slot.model_key = None  # the new process has no model loaded
+        probe = slot.handle.ready.options(max_task_retries=-1).remote()
+        self.restarting[probe] = slot
+        log.debug("worker %d: waiting for its restart", slot.index)
+
+    def _restarted(self, ref: Any) -> None:
+        ray = _import_ray()
+        slot = self.restarting.pop(ref)
+        try:
+            slot.provenance = ray.get(ref)
+            log.info("worker %d: restarted (pid %s)", slot.index, slot.provenance.get("pid"))
+        except Exception as e:  # noqa: BLE001 - gone for good (e.g. its node died)
+            log.warning("worker %d is gone and will get no more cells: %s", slot.index, _short(e))
+            self.lost.add(slot.index)
+
+    def _fail_queued(self, reason: str) -> None:
+        for queue in self.queues.values():
+            while queue:
+                task = queue.popleft()
+                self._emit(task, self._driver_record(task, Status.ERROR, reason))
 
     def _dispatch_idle(self) -> None:
         busy = self._busy()
@@ -354,7 +400,7 @@ class Dispatcher:
 
     def _worker_died(self, task: _Task, exc: Exception) -> None:
         if task.slot is not None:
-            task.slot.model_key = None  # the restarted process has no model loaded
+            self._await_restart(task.slot)
         tries = 1 + self.workers.retries
         first = self.first_attempt.get(task.cell.cell_id, 1)
         used = task.attempt - first + 1
@@ -364,9 +410,9 @@ class Dispatcher:
             if retry
             else f"; giving up after {tries} tries"
         )
-        self._emit(
-            task, self._driver_record(task, Status.ERROR, f"worker died: {_short(exc)}{note}")
-        )
+        record = self._driver_record(task, Status.ERROR, f"worker died: {_short(exc)}{note}")
+        record["will_retry"] = retry
+        self._emit(task, record)
         if retry:
             self._enqueue(_Task(cell=task.cell, attempt=task.attempt + 1), front=True)
 
@@ -403,7 +449,7 @@ class Dispatcher:
                 ),
             )
             ray.kill(task.slot.handle, no_restart=False)  # Ray restarts it
-            task.slot.model_key = None
+            self._await_restart(task.slot)
 
     # -- main loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -439,12 +485,17 @@ class Dispatcher:
         ray = _import_ray()
         while True:
             self._dispatch_idle()
-            if not self.inflight:
-                if any(self.queues.values()):
-                    continue
+            if not self.inflight and not any(self.queues.values()):
                 return
-            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=WAIT_TICK_S)
+            waiting = [*self.inflight, *self.restarting]
+            if not waiting:  # cells left but every worker is lost
+                self._fail_queued("not run: no worker left (every worker actor was lost)")
+                return
+            done, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_TICK_S)
             for ref in done:
+                if ref in self.restarting:
+                    self._restarted(ref)
+                    continue
                 task = self.inflight.pop(ref, None)
                 if task is not None:
                     self._finish(ref, task)

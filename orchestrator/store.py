@@ -49,6 +49,7 @@ KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "status": _STR,
     "error": _STR,
     "error_detail": _STR,
+    "will_retry": _BOOL,  # a worker death the driver retries (see orchestrator/resume.py)
     # parameters
     "method": _STR,
     "batch_size": _I64,
@@ -276,14 +277,14 @@ class ResultStore:
         return LoadedResults(pa.concat_tables(tables, promote_options="permissive"), bad)
 
     def cell_history(self) -> dict[str, list[dict]]:
-        """cell_id -> its rows' (attempt, status, finished_at), oldest first."""
+        """cell_id -> its rows' (attempt, status, will_retry, finished_at), oldest first."""
         loaded = self.load()
         history: dict[str, list[dict]] = {}
         if loaded.table is None:
             return history
         cols = [
             c
-            for c in ("cell_id", "attempt", "status", "finished_at")
+            for c in ("cell_id", "attempt", "status", "will_retry", "finished_at")
             if c in loaded.table.column_names
         ]
         for row in loaded.table.select(cols).to_pylist():

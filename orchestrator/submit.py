@@ -4,12 +4,14 @@
     outcome.exit_code   # 0 all cells ok, 1 some failed (the rest are saved)
 
 The driver writes the dataset itself (workers only return records), so a cluster needs no
-shared disk. Resume is by cell_id: cells with an ok row are skipped.
+shared disk. Resume is by cell_id (orchestrator/resume.py): cells with an ok row are skipped,
+cells whose latest attempt failed are skipped unless `rerun_failed`, `fresh` runs every cell.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import subprocess
 import time
@@ -24,6 +26,7 @@ from orchestrator.errors import ClusterError, Interrupted
 from orchestrator.grid import CellSpec, expand_cells
 from orchestrator.manifest import Invocation, RunManifest
 from orchestrator.progress import LineProgress, Progress, reporting
+from orchestrator.resume import plan_cells
 from orchestrator.spec import JobSpec
 from orchestrator.store import ResultStore
 from workers.record import Status
@@ -34,7 +37,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class SubmitOutcome:
-    """What a submit did: counts of cells and where the results are."""
+    """What a submit did: counts of cells and where the results are.
+
+    `skipped`: cells not run because they already have an ok row; `skipped_failed`: cells not
+    run because their latest attempt failed (run them with rerun_failed); `ran`: cells run now;
+    `failed`: cells of the job whose latest attempt, now or earlier, is not ok."""
 
     job_dir: Path
     total: int
@@ -43,10 +50,22 @@ class SubmitOutcome:
     failed: int
     rows: list[dict]
     wall_s: float
+    skipped_failed: int = 0
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+    def summary_line(self) -> str:
+        """E.g. '12 cells: 2 run, 8 skipped (already ok), 2 skipped (failed before), 3 failed;
+        4.1s; results in results/sweep'."""
+        parts = [f"{self.ran} run", f"{self.skipped} skipped (already ok)"]
+        if self.skipped_failed:
+            parts.append(f"{self.skipped_failed} skipped (failed before)")
+        parts.append(f"{self.failed} failed")
+        return (
+            f"{self.total} cells: {', '.join(parts)}; {self.wall_s:.1f}s; results in {self.job_dir}"
+        )
 
 
 def new_run_id() -> str:
@@ -103,7 +122,7 @@ class _Progress:
         self.store.write(record)
         status = record.get("status")
         cid = record.get("cell_id")
-        retrying = status == Status.ERROR.value and "retrying" in (record.get("error") or "")
+        retrying = bool(record.get("will_retry"))
         if not retrying:
             self.statuses[status] = self.statuses.get(status, 0) + 1
         self.display.finished(record, self.labels.get(cid, cid), final=not retrying)
@@ -116,12 +135,14 @@ def submit_job(
     address: str | None = None,
     backend: Any = None,
     fresh: bool = False,
+    rerun_failed: bool = False,
     progress: Progress | None = None,
     invocation: Invocation | None = None,
 ) -> SubmitOutcome:
-    """Run the job's unfinished cells (all of them when `fresh`) and return the outcome.
+    """Run the job's unfinished cells, plus those whose latest attempt failed when
+    `rerun_failed`, or every cell when `fresh`; return the outcome.
 
-    Earlier rows are kept either way; a fresh run appends new attempts under a new run_id.
+    Earlier rows are kept either way; new attempts go under a new run_id.
     `progress` shows the run (default: one log line per cell); `invocation` (the command line)
     goes into the run manifest, `<job dir>/_manifests/<run_id>.json`."""
     t0 = time.perf_counter()
@@ -131,30 +152,26 @@ def submit_job(
     store = ResultStore(job_dir)
     store.lock()
     try:
-        history = store.cell_history()
-        ok = {
-            cid
-            for cid, rows in history.items()
-            if any(r["status"] == Status.OK.value for r in rows)
-        }
-        todo = list(cells) if fresh else [c for c in cells if c.cell_id not in ok]
-        first_attempt = {
-            c.cell_id: max(r.get("attempt") or 0 for r in history[c.cell_id]) + 1
-            for c in todo
-            if c.cell_id in history
-        }
-        skipped = len(cells) - len(todo)
+        mode = "all" if fresh else "failed" if rerun_failed else "resume"
+        plan = plan_cells(cells, store.cell_history(), mode=mode)
+        todo = plan.todo
         log.info(
-            "job %s: %d cells, %d already done (skipped), %d to run; results in %s",
+            "job %s: %d cells, %d already ok (skipped), %d to run; results in %s",
             job.name,
             len(cells),
-            skipped,
+            plan.skipped_ok,
             len(todo),
             job_dir,
         )
+        if plan.skipped_failed:
+            log.warning(
+                "%d cell(s) failed in an earlier run and are not run again; "
+                "add --rerun failed to retry them",
+                plan.skipped_failed,
+            )
         if todo:
-            run = _RunContext(progress or LineProgress(), invocation, len(cells), skipped)
-            _run(job, todo, store, address, backend, first_attempt, created, run)
+            run = _RunContext(progress or LineProgress(), invocation, len(cells), plan.skipped_ok)
+            _run(job, todo, store, address, backend, plan.first_attempt, created, run)
     finally:
         store.unlock()
     ids = {c.cell_id for c in cells}
@@ -164,11 +181,12 @@ def submit_job(
     return SubmitOutcome(
         job_dir=job_dir,
         total=len(cells),
-        skipped=skipped,
+        skipped=plan.skipped_ok,
         ran=len(todo),
         failed=failed,
         rows=rows,
         wall_s=time.perf_counter() - t0,
+        skipped_failed=plan.skipped_failed,
     )
 
 
@@ -223,10 +241,27 @@ def _run(
         status = "finished"
     except (Interrupted, KeyboardInterrupt):
         status = "interrupted"
-        raise
+        saved = sum(recorder.statuses.values())
+        raise Interrupted(
+            f"interrupted: {saved} cell(s) finished in this run are saved in {store.job_dir}; "
+            f"resume with: {resume_command(run.invocation)}"
+        ) from None
     finally:
         manifest.finish(status, recorder.statuses)
         conn.close()
+
+
+def resume_command(invocation: Invocation | None) -> str:
+    """The command that resumes an interrupted submit: the same one, without --fresh (which
+    would run the finished cells again).
+
+    >>> resume_command(Invocation(argv=("python", "-m", "orchestrator", "submit", "j.yaml",
+    ...                                 "--fresh")))
+    'python -m orchestrator submit j.yaml'
+    """
+    if invocation is None:
+        return "the same submit_job call (fresh=False)"
+    return shlex.join(a for a in invocation.argv if a != "--fresh")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ types, summary), resume, worker crashes with retries, timeouts, and out-of-memor
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -15,6 +17,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.spec import load_job_spec
+from orchestrator.store import ResultStore
 from orchestrator.submit import submit_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -98,7 +101,8 @@ def test_resume_runs_only_missing_cells(tmp_path):
 
 
 class CrashingBackend:
-    """batch_size 2 kills its worker on the first attempt only; 3 always; 5 hangs."""
+    """batch_size 2 kills its worker (os._exit) on the first attempt only, 6 segfaults on the
+    first attempt only, 3 always kills it; 5 hangs; 7 raises until `<marker_dir>/fixed` exists."""
 
     def __init__(self, marker_dir: str):
         self.marker_dir = marker_dir
@@ -115,8 +119,13 @@ class CrashingBackend:
         if b == 2 and not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(1)
+        if b == 6 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGSEGV)
         if b == 3:
             os._exit(1)
+        if b == 7 and not os.path.exists(os.path.join(self.marker_dir, "fixed")):
+            raise RuntimeError("flaky cell")
         if b == 5:
             time.sleep(60)
         return {"decode_tok_s": 1.0, "ttft_ms": 1.0, "tokens_sha256": "x"}
@@ -124,7 +133,7 @@ class CrashingBackend:
 
 def test_worker_crash_is_retried_then_recorded(tmp_path):
     spec = write_job(tmp_path, """\
-        grid: {method: [cached], batch_size: [1, 2, 3, 4], prompt_len: [8], max_tokens: [4]}
+        grid: {method: [cached], batch_size: [1, 2, 3, 4, 6], prompt_len: [8], max_tokens: [4]}
         workers: {retries: 1, cpu_workers: 2}
     """)
     outcome = submit_job(load_job_spec(str(spec)), tmp_path / "r",
@@ -135,12 +144,50 @@ def test_worker_crash_is_retried_then_recorded(tmp_path):
     for r in rows:
         by_b.setdefault(r["batch_size"], []).append(r)
     assert [r["status"] for r in by_b[1]] == ["ok"] and [r["status"] for r in by_b[4]] == ["ok"]
-    crashed_once = sorted(by_b[2], key=lambda r: r["attempt"])
-    assert [(r["attempt"], r["status"]) for r in crashed_once] == [(1, "error"), (2, "ok")]
-    assert "worker died" in crashed_once[0]["error"]
+    for b in (2, 6):  # os._exit, then SIGSEGV: the actor is restarted and the retry succeeds
+        crashed_once = sorted(by_b[b], key=lambda r: r["attempt"])
+        assert [(r["attempt"], r["status"]) for r in crashed_once] == [(1, "error"), (2, "ok")]
+        assert "worker died" in crashed_once[0]["error"] and crashed_once[0]["will_retry"]
     always = sorted(by_b[3], key=lambda r: r["attempt"])
     assert [(r["attempt"], r["status"]) for r in always] == [(1, "error"), (2, "error")]
-    assert "giving up after 2 tries" in always[-1]["error"]
+    assert "worker died" in always[-1]["error"]  # the cause
+    assert "giving up after 2 tries" in always[-1]["error"] and not always[-1]["will_retry"]
+    assert len(rows) == 1 + 2 + 2 + 1 + 2  # every attempt is a row
+
+
+def test_resume_skips_failed_cells_until_rerun_failed(tmp_path, caplog):
+    spec = write_job(tmp_path, """\
+        grid: {method: [cached], batch_size: [1, 7, 4], prompt_len: [8], max_tokens: [4]}
+        workers: {cpu_workers: 1}
+    """)
+    job, results, backend = load_job_spec(str(spec)), tmp_path / "r", CrashingBackend(str(tmp_path))
+    first = submit_job(job, results, backend=backend)
+    assert (first.ran, first.failed, first.exit_code) == (3, 1, 1)
+    job_dir = results / "job"
+
+    # a plain resume runs nothing new: b=7 failed (reported), the others are ok
+    again = submit_job(job, results, backend=backend)
+    assert (again.ran, again.skipped, again.skipped_failed, again.failed) == (0, 2, 1, 1)
+    assert again.exit_code == 1 and "1 skipped (failed before), 1 failed" in again.summary_line()
+    assert read_rows(job_dir).num_rows == 3
+
+    # a corrupt (truncated) file is reported by name and skipped: its cell counts as not run
+    cell_4 = next(r["cell_id"] for r in read_rows(job_dir).to_pylist() if r["batch_size"] == 4)
+    (ok_file,) = job_dir.glob(f"part-{cell_4}-*")
+    ok_file.write_bytes(ok_file.read_bytes()[:64])
+    (tmp_path / "fixed").touch()
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        rerun = submit_job(job, results, backend=backend, rerun_failed=True)
+    assert ok_file.name in caplog.text
+    assert (rerun.ran, rerun.skipped, rerun.skipped_failed, rerun.exit_code) == (2, 1, 0, 0)
+    loaded = ResultStore(job_dir).load()
+    assert loaded.bad_files == [str(ok_file)]
+    by_b: dict = {}
+    for r in loaded.rows():
+        by_b.setdefault(r["batch_size"], []).append((r["attempt"], r["status"]))
+    assert sorted(by_b[7]) == [(1, "error"), (2, "ok")]  # numbering continues
+    assert by_b[1] == [(1, "ok")]  # ok cells are never re-run
+    assert by_b[4] == [(1, "ok")]  # the unreadable row is skipped, so its cell ran again
 
 
 def test_cell_timeout_is_recorded_and_worker_replaced(tmp_path):

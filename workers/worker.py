@@ -131,8 +131,20 @@ def _now() -> str:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    """torch.cuda.OutOfMemoryError (also raised by the engine's memory budget), or another
+    error that says it ran out of memory (e.g. "CUDA error: out of memory" from a kernel)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _requested(cell: dict) -> str:
+    """The sizes a cell asked for, for an out-of-memory message."""
+    return (
+        f"batch_size={cell.get('batch_size')} prompt_len={cell.get('prompt_len')} "
+        f"max_tokens={cell.get('max_tokens')} dtype={cell.get('dtype')}"
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -200,6 +212,7 @@ class CellWorker:
         self._free_memory()
 
     def _free_memory(self) -> None:
+        """Drop unreferenced tensors (caches of a failed cell) and return CUDA's cached blocks."""
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
@@ -228,13 +241,17 @@ class CellWorker:
                 if key not in record:
                     record[key] = value
         except Exception as exc:  # noqa: BLE001 - failures are data, not crashes
-            status = Status.OOM if _is_oom(exc) else Status.ERROR
+            oom = _is_oom(exc)
+            error = _one_line(exc)
             record.update(
-                status=status.value,
-                error=_one_line(exc),
+                status=(Status.OOM if oom else Status.ERROR).value,
+                error=f"out of memory at {_requested(cell)}: {error}" if oom else error,
                 error_detail=traceback.format_exc()[-MAX_DETAIL_CHARS:],
             )
             log.warning("cell %s failed: %s", cell.get("cell_id"), record["error"])
+        if record["status"] != Status.OK.value:
+            # Outside the except block: the exception and its traceback (whose frames hold the
+            # cell's activations and KV caches) are gone, so their memory can be released.
             self._free_memory()
         record.update(
             started_at=started_at, finished_at=_now(), cell_wall_s=time.perf_counter() - t0
