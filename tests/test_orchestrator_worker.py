@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import weakref
 
 import pytest
 
@@ -106,3 +107,57 @@ def test_driver_modules_do_not_import_torch():
     code = ("import sys, orchestrator.cli, orchestrator.submit, orchestrator.dispatch, "
             "workers.actor; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class CudaOomBackend(FakeBackend):
+    """Raises torch.cuda.OutOfMemoryError while a local ("the KV cache") is still referenced."""
+
+    def __init__(self):
+        super().__init__()
+        self.cache_ref = None
+
+    def measure(self, model, cell, *, device):
+        import torch
+
+        if cell["batch_size"] == 64:
+            kv_cache = torch.zeros(1024)  # held by this frame, so by the traceback
+            self.cache_ref = weakref.ref(kv_cache)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().measure(model, cell, device=device)
+
+
+def test_cuda_oom_frees_the_failed_cells_memory_and_carries_on(monkeypatch):
+    import torch
+
+    backend, alive_at_empty_cache = CudaOomBackend(), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def empty_cache():
+        if backend.cache_ref is not None:  # (also called when the model is loaded)
+            alive_at_empty_cache.append(backend.cache_ref() is not None)
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    worker = CellWorker(backend=backend)
+    rec = worker.run(cell(batch_size=64, prompt_len=16, max_tokens=8))
+    assert rec["status"] == "oom"
+    assert rec["error"].startswith("out of memory at batch_size=64 prompt_len=16 max_tokens=8 "
+                                   "dtype=float32: OutOfMemoryError: CUDA out of memory")
+    assert (rec["batch_size"], rec["prompt_len"], rec["max_tokens"]) == (64, 16, 8)
+    assert alive_at_empty_cache == [False]  # the cell's tensors were gone before empty_cache
+    assert worker.run(cell())["status"] == "ok" and backend.loads == 1  # model kept, goes on
+
+
+@pytest.mark.gpu
+def test_real_cuda_oom_is_recorded_and_memory_released():
+    pytest.importorskip("engine.bench")
+    import torch
+
+    worker = CellWorker()
+    assert worker.run(cell())["status"] == "ok"  # model loaded on the GPU
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    huge = worker.run(cell(batch_size=1 << 22, prompt_len=60, max_tokens=4))
+    assert huge["status"] == "oom", huge["error"]
+    assert "batch_size=4194304" in huge["error"]
+    assert torch.cuda.memory_allocated() <= baseline + (16 << 20)  # the failed cell freed
+    assert worker.run(cell())["status"] == "ok"
