@@ -5,8 +5,13 @@ query --join-manifest, PNGs)."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 import textwrap
 from datetime import datetime
+from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
@@ -16,6 +21,8 @@ from orchestrator.dataset import load_results
 from orchestrator.manifest import Invocation, RunManifest, read_manifests
 from orchestrator.spec import load_job_spec
 from tests.results_data import write_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_manifest_is_written_then_completed(tmp_path):
@@ -78,8 +85,8 @@ def _spec(tmp_path, body: str = ""):
     return path
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_real_submit_writes_manifest_progress_lines_and_plots(tmp_path, capsys):
+    """The CLI as a user runs it, in a fresh process (its own local Ray, real argv)."""
     pytest.importorskip("engine.bench")
     try:
         import matplotlib  # noqa: F401
@@ -90,8 +97,11 @@ def test_real_submit_writes_manifest_progress_lines_and_plots(tmp_path, capsys):
     results = tmp_path / "results"
     argv = ["submit", str(_spec(tmp_path)), "--results", str(results), "--set",
             "grid.max_tokens=[3]", *plot]
-    assert main(argv) == 0
-    err = capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *argv], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = proc.stderr
     progress = [line for line in err.splitlines() if line.startswith("[")]
     assert [line[:9] for line in progress] == ["[1/2] ok ", "[2/2] ok "]
     assert "\r" not in err and "\x1b" not in err  # not a terminal: plain lines
@@ -102,7 +112,7 @@ def test_real_submit_writes_manifest_progress_lines_and_plots(tmp_path, capsys):
     assert manifest["status"] == "finished" and manifest["statuses"] == {"ok": 2}
     assert manifest["overrides"] == ["grid.max_tokens=[3]"]
     assert manifest["spec"]["grid"]["axes"]["max_tokens"] == [3]
-    assert "submit" in manifest["command"] and "grid.max_tokens=[3]" in manifest["command"]
+    assert manifest["command"] == "python -m orchestrator " + shlex.join(argv)
     assert manifest["git_commit"] and isinstance(manifest["git_dirty"], bool)
     assert main(["query", str(results), "--join-manifest", "--columns",
                  "method,run_status,run_overrides", "--format", "csv"]) == 0
