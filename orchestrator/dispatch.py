@@ -63,7 +63,7 @@ def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     host, port = parsed.hostname, parsed.port
     if not host or not port:
-        raise ClusterError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise ClusterError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass

@@ -140,7 +140,7 @@ MALFORMED = [
      "did you mean 'batch_size'"),
     (VALID + "include:\n  - colour: red\n", [], ":16", "include[0].colour", "no such axis"),
     (VALID.replace("prompt_len: [8]", "prompt_len: [8, 700]"), [], ":11", "grid.prompt_len",
-     "needs prompt_len + max_tokens = 704 tokens"),
+     "cell 'd[2,2]-h[64,128] naive b=1 p=700 n=4' needs prompt_len + max_tokens = 704 tokens"),
     (VALID, ["measure.repeats=[1"], "--set measure.repeats=[1", "measure.repeats",
      "cannot parse value"),
     (VALID, ["grid.colour=[1]"], "--set grid.colour=[1]", "grid.colour", "unknown axis"),
@@ -151,6 +151,18 @@ MALFORMED = [
     (VALID.replace("head_dim: 32", "head_dim: 48"), [], ":7", "model.head_dim",
      "does not divide"),
     (VALID + "workers:\n  retries: -1\n", [], ":16", "workers.retries", "must be an integer >= 0"),
+    # wrong types
+    (VALID.replace("batch_size: [1, 2]", "batch_size: [1, two]"), [], ":10",
+     "grid.batch_size[1]", "must be a positive integer, got 'two'"),
+    (VALID + "workers:\n  cell_timeout_s: soon\n", [], ":16", "workers.cell_timeout_s",
+     "must be a positive number, got 'soon'"),
+    (VALID.split("grid:")[0] + "grid: [1, 2]\n", [], ":8", "grid", "must be a mapping, got list"),
+    # a checkpoint directory without model_<step>.pt files
+    (VALID.replace("checkpoint: random", f"checkpoint: {GOLDEN}"), [], ":4", "model.checkpoint",
+     "has no model_<step>.pt files"),
+    # the job name becomes a directory: no path tricks
+    (VALID.replace("name: tiny", "name: ../elsewhere"), [], ":1", "name",
+     "must be a name of letters, digits"),
 ]
 
 
@@ -187,13 +199,19 @@ def test_missing_spec_file_exits_2(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_unreachable_address_exits_2_without_results(tmp_path, capsys):
+@pytest.mark.parametrize(("address", "fragment"), [
+    ("127.0.0.1:1", "cannot reach 127.0.0.1:1 within 10s"),
+    ("ray://127.0.0.1:1", "cannot reach 127.0.0.1:1 within 10s"),
+    ("headnode", "expected auto, HOST:PORT or ray://HOST:PORT"),
+])
+def test_unreachable_address_exits_2_without_results(tmp_path, capsys, address, fragment):
     spec = write(tmp_path, VALID)
     results = tmp_path / "results"
-    code = main(["submit", str(spec), "--results", str(results), "--address", "127.0.0.1:1"])
+    code = main(["submit", str(spec), "--results", str(results), "--address", address])
     assert code == 2
-    assert "cannot reach 127.0.0.1:1" in capsys.readouterr().err
-    assert not results.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --address {address}") and fragment in err, err
+    assert len(err.splitlines()) == 1 and not results.exists()
 
 
 def test_bad_cli_arguments_exit_2(capsys):
