@@ -4,7 +4,9 @@ own local Ray with Ray's chatter kept out of the terminal."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -127,3 +129,75 @@ def test_sigkill_of_driver_then_resubmit_gives_one_ok_row_per_cell(tmp_path):
     rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
     ok = [r["cell_id"] for r in rows if r["status"] == "ok"]
     assert len(rows) == len(ok) == len(set(ok)) == 12
+
+
+def _wait_for_parts(job_dir: Path, proc: subprocess.Popen, more_than: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(job_dir.glob("part-*"))) > more_than:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the driver finished before it could be interrupted"
+    return len(list(job_dir.glob("part-*")))
+
+
+def _ok_rows(job_dir: Path) -> list[dict]:
+    for part in job_dir.glob("part-*"):
+        pq.read_table(part)  # every committed file is whole
+    rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
+    ids = [r["cell_id"] for r in rows]
+    assert len(ids) == len(set(ids)) and {r["status"] for r in rows} == {"ok"}
+    return rows
+
+
+def test_interrupted_driver_keeps_rows_refuses_a_second_submit_and_resumes(tmp_path):
+    """SIGTERM, then SIGINT of the driver: finished rows kept, exit 130 with the command that
+    resumes; a concurrent submit of the same job is refused; the last resume completes."""
+    pytest.importorskip("engine.bench")
+    spec = tmp_path / "stop.yaml"
+    spec.write_text(JOB.replace("name: job", "name: stop").replace(
+        "method: [cached], batch_size: [1, 2, 3, 4]",
+        "method: [naive, cached], batch_size: [1, 2, 3, 4, 5, 6]").replace(
+        "max_tokens: [4]", "max_tokens: [24]"))
+    results = tmp_path / "results"
+    job_dir = results / "stop"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "orchestrator", "submit", str(spec), "--results", str(results)]
+    seen = 0
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([*argv, "--progress", "lines"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            seen = _wait_for_parts(job_dir, proc, seen + 1)
+            if signum == signal.SIGTERM:  # while it runs, the same submit is refused
+                second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True,
+                                        text=True, timeout=60, check=False)
+                assert second.returncode == 2, second.stderr[-2000:]
+                assert f"in use by another submit (pid {proc.pid} on" in second.stderr
+                assert "Traceback" not in second.stderr
+            os.kill(proc.pid, signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            try:  # Ray processes the driver left behind, if any
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert proc.returncode == 130, err[-3000:]
+        assert "Traceback" not in err
+        resume = err.split("resume with: ", 1)[-1].strip()
+        assert resume == shlex.join(["python", "-m", "orchestrator", *argv[3:], "--progress",
+                                     "lines"]), err[-3000:]
+        rows = _ok_rows(job_dir)
+        assert seen <= len(rows) < 12  # what had finished is kept, the rest was not run
+        seen = len(rows)
+        manifests = [json.loads(p.read_text()) for p in (job_dir / "_manifests").glob("*.json")]
+        assert sorted(m["status"] for m in manifests).count("interrupted") == (
+            1 if signum == signal.SIGTERM else 2)
+    done = subprocess.run([sys.executable, *shlex.split(resume)[1:]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"12 cells: {12 - seen} run, {seen} skipped (already ok), 0 failed" in done.stderr
+    assert len(_ok_rows(job_dir)) == 12
