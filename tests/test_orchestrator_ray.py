@@ -221,9 +221,11 @@ def test_oom_skips_dominated_cells(tmp_path):
     """)
     job = load_job_spec(str(spec), [f"measure.memory_budget_bytes={budget}"])
     outcome = submit_job(job, tmp_path / "r")
-    status = {r["batch_size"]: r["status"] for r in read_rows(tmp_path / "r" / "job").to_pylist()}
-    assert status == {1: "ok", 2: "oom", 4: "skipped_oom"}
-    assert outcome.exit_code == 1
+    rows = {r["batch_size"]: r for r in read_rows(tmp_path / "r" / "job").to_pylist()}
+    assert {b: r["status"] for b, r in rows.items()} == {1: "ok", 2: "oom", 4: "skipped_oom"}
+    assert rows[2]["error"].startswith("out of memory at batch_size=2 prompt_len=8 max_tokens=4")
+    assert f"cell {rows[2]['cell_id']}" in rows[4]["error"] and rows[4]["attempt"] == 1
+    assert (outcome.ran, outcome.failed, outcome.exit_code) == (3, 2, 1)  # the sweep finished
 
 
 def test_in_process_worker_equals_ray_worker(ray_session):
