@@ -194,6 +194,7 @@ class ResultStore:
     def __init__(self, job_dir: str | os.PathLike):
         self.job_dir = Path(job_dir)
         self._lock_file = None
+        self._reported: set[str] = set()  # unreadable files already warned about
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -262,15 +263,19 @@ class ResultStore:
 
     # -- reading ----------------------------------------------------------------------------
     def load(self) -> LoadedResults:
-        """All readable rows; unreadable files are logged by name and skipped."""
+        """All readable rows; unreadable files are logged by name (once per store) and skipped."""
         tables, bad = [], []
         for path in self.part_files():
             try:
                 tables.append(pq.read_table(path))
             except Exception as e:  # noqa: BLE001 - truncated, not Parquet, unreadable
-                log.warning(
-                    "skipping unreadable results file %s: %s", path, " ".join(str(e).split())[:200]
-                )
+                if str(path) not in self._reported:
+                    self._reported.add(str(path))
+                    log.warning(
+                        "skipping unreadable results file %s: %s",
+                        path,
+                        " ".join(str(e).split())[:200],
+                    )
                 bad.append(str(path))
         if not tables:
             return LoadedResults(None, bad)
