@@ -28,6 +28,7 @@ from orchestrator.grid import (
 )
 from orchestrator.overrides import apply_overrides
 from orchestrator.source import Document, did_you_mean
+from workers.record import MODEL_KEYS  # the model fields a record carries are the spec's
 
 SCHEMA_KEYS = (
     "name",
@@ -40,16 +41,6 @@ SCHEMA_KEYS = (
     "measure",
     "workers",
     "profile",
-)
-MODEL_KEYS = (
-    "tag",
-    "checkpoint",
-    "step",
-    "vocab_size",
-    "sequence_len",
-    "head_dim",
-    "dtype",
-    "seed",
 )
 MEASURE_KEYS = ("warmup", "repeats", "seed", "prompt", "memory_budget_bytes")
 WORKERS_KEYS = ("gpus_per_worker", "max_workers", "cpu_workers", "retries", "cell_timeout_s")

@@ -36,15 +36,6 @@ SCALAR_KEYS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared CI box: one intra-op thread is faster and far less noisy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     config = UNetConfig.from_tag(TAG, vocab_size=97, head_dim=16, sequence_len=64)

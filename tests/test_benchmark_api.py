@@ -26,14 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [5, 17, 3, 44, 8, 91, 2, 60, 33, 12, 70]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     config = UNetConfig.from_tag("d[2,2]-h[32,64]", vocab_size=97, head_dim=16, sequence_len=64)

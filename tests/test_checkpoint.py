@@ -97,3 +97,14 @@ def test_unwritable_directory(tmp_path):
     blocker.write_text("")
     with pytest.raises(CheckpointError, match="cannot create checkpoint directory"):
         save_checkpoint(tiny_model(1), blocker / "sub", step=1)
+
+
+def test_weights_stay_column_major_and_files_stay_nanochat_contiguous(tmp_path, golden_dir):
+    """The model keeps Linear weights as transposed (in, out) buffers for fast CPU decode; the
+    files it writes are plain contiguous state dicts, as nanochat writes them."""
+    model, _ = load_checkpoint(golden_dir, dtype=torch.bfloat16)
+    weight = model.encoder_blocks(0)[0].mlp.c_fc.weight
+    assert weight.t().is_contiguous() and weight.dtype == torch.bfloat16
+    save_checkpoint(model, tmp_path / "ckpt", step=1)
+    saved = torch.load(tmp_path / "ckpt" / "model_000001.pt", weights_only=True)
+    assert all(tensor.is_contiguous() for tensor in saved.values())

@@ -30,14 +30,6 @@ STAGE_REGIONS = {"embedding", "encoder_stage_0", "pool_1", "encoder_stage_1", "d
 NAME_RE = re.compile(r"profile_(\w+?)_(\d{8}_\d{6})_prompt(\d+)_gen(\d+)(_bs\d+)?_t(\d+p\d+)\.json")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def engine():
     config = UNetConfig.from_tag(TAG, vocab_size=97, head_dim=16, sequence_len=64)
