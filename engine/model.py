@@ -50,15 +50,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+# A decode step multiplies one row per sequence by every weight matrix: a GEMV, bound by how fast
+# the weights stream from memory. MKL runs it on one core at about half the bandwidth two cores
+# reach, so on CPU a few-row float32 product is split along the input dimension into one batched
+# GEMM (which MKL spreads over the threads) and the partial sums are added: ~30% faster decode
+# on a 2-core VM. Wider products (prefill, naive, training) go to F.linear as usual.
+SPLIT_MAX_ROWS = 16
+SPLIT_MAX_PARTS = 4
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with the split GEMV above on CPU (same parameters and state-dict names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = min(torch.get_num_threads(), SPLIT_MAX_PARTS)
+        rows = x.numel() // self.in_features
+        weight_t = self.weight.t()  # (in, out); contiguous when stored column-major (UNet does)
+        if (parts < 2 or rows > SPLIT_MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
+                or self.in_features % parts or not weight_t.is_contiguous() or self.bias is not None
+                or torch.is_grad_enabled()):
+            return F.linear(x, self.weight)
+        chunk = self.in_features // parts
+        pieces = x.reshape(rows, parts, chunk).transpose(0, 1)  # (parts, rows, chunk)
+        partial = torch.bmm(pieces, weight_t.view(parts, chunk, self.out_features))
+        return partial.sum(0).view(*x.shape[:-1], self.out_features)
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, n_head: int, n_kv_head: int):
         super().__init__()
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = width // n_head
-        self.c_q = nn.Linear(width, n_head * self.head_dim, bias=False)
-        self.c_k = nn.Linear(width, n_kv_head * self.head_dim, bias=False)
-        self.c_v = nn.Linear(width, n_kv_head * self.head_dim, bias=False)
-        self.c_proj = nn.Linear(width, width, bias=False)
+        self.c_q = Linear(width, n_head * self.head_dim, bias=False)
+        self.c_k = Linear(width, n_kv_head * self.head_dim, bias=False)
+        self.c_v = Linear(width, n_kv_head * self.head_dim, bias=False)
+        self.c_proj = Linear(width, width, bias=False)
 
     def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
         B, T, C = x.shape
@@ -82,8 +108,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.c_fc = nn.Linear(width, 4 * width, bias=False)
-        self.c_proj = nn.Linear(4 * width, width, bias=False)
+        self.c_fc = Linear(width, 4 * width, bias=False)
+        self.c_proj = Linear(4 * width, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.relu(self.c_fc(x)).square())
@@ -105,7 +131,7 @@ class Pool(nn.Module):
 
     def __init__(self, in_width: int, out_width: int):
         super().__init__()
-        self.c_proj = nn.Linear(2 * in_width, out_width, bias=False)
+        self.c_proj = Linear(2 * in_width, out_width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -119,7 +145,7 @@ class Unpool(nn.Module):
     def __init__(self, in_width: int, out_width: int):
         super().__init__()
         self.out_width = out_width
-        self.c_proj = nn.Linear(in_width, 2 * out_width, bias=False)
+        self.c_proj = Linear(in_width, 2 * out_width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(norm(x)).view(x.size(0), 2 * x.size(1), self.out_width)
@@ -150,7 +176,7 @@ class UNet(nn.Module):
             self.decoder[f"transformer_{s}"] = self._blocks(s, config.decoder_layers(s))
             if s > 0:
                 self.decoder[f"unpool_{s}->{s - 1}"] = Unpool(C[s], C[s - 1])
-        self.lm_head = nn.Linear(C[0], config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(C[0], config.padded_vocab_size, bias=False)
         cos, sin = rotary_tables(config.rotary_len, config.head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
