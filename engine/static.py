@@ -7,8 +7,8 @@ the device; ``enc_last``/``pending`` are updated in place. Which stages run depe
 position (stage s runs when (p+1) % 2^s == 0), so a model with S stages has S *phases*; each is
 captured once per (batch size, max_len) and replayed.
 
-Capture needs a warm-up: the first step of each phase runs eagerly (for real), the second is
-captured and then replayed. On CPU, or with ``use_graphs=False``, every step runs the same
+Capture needs a warm-up: the first step of each phase runs eagerly (for real) and the phase is
+captured right after it; every later step of that phase replays the graph. On CPU, or with ``use_graphs=False``, every step runs the same
 static-shape code eagerly, which is how its logic is tested without a GPU.
 """
 
@@ -38,7 +38,6 @@ class GraphDecoder:
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=engine.device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_logits: dict[int, torch.Tensor] = {}
-        self.warmed: set[int] = set()
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
     @classmethod
@@ -68,19 +67,20 @@ class GraphDecoder:
             raise GenerationError(f"the cache is full: {position} tokens already, max_len={self.state.max_len}")
         depth = active_depth(position, self.engine.config.n_stages)
         self.tokens.copy_(ids)
-        if not self.use_graphs or depth not in self.warmed:
-            logits = self.engine.decode_step(self.state, self.tokens, depth)
-            self.warmed.add(depth)
-        else:
-            if depth not in self.graphs:
-                self._capture(depth)
+        if self.use_graphs and depth in self.graphs:
             self.graphs[depth].replay()
             logits = self.graph_logits[depth]
+        else:
+            logits = self.engine.decode_step(self.state, self.tokens, depth)
+            if self.use_graphs:
+                # Capture right after the phase's eager (warm-up) step: capturing records kernels
+                # without running them, so the state is untouched, and a measured generation
+                # after one warm-up generation of the same shape only ever replays.
+                self._capture(depth)
         self.state.advance(depth)
         return logits
 
     def _capture(self, depth: int) -> None:
-        # Capturing records kernels without running them; decode() replays right after.
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph, pool=self.pool):

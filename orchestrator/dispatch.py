@@ -302,6 +302,7 @@ class Dispatcher:
         self.inflight: dict[Any, _Task] = {}
         self.slots: list[_Slot] = []
         self.restarting: dict[Any, _Slot] = {}  # ready() probe -> slot whose actor restarts
+        self.restart_deadlines: dict[Any, float] = {}  # probe -> when to give the worker up
         self.lost: set[int] = set()  # slots whose actor could not be restarted
 
     # -- records made by the driver (worker died, timeout, skipped) --------------------------
@@ -352,11 +353,13 @@ class Dispatcher:
         slot.model_key = None  # the new process has no model loaded
         probe = slot.handle.ready.options(max_task_retries=-1).remote()
         self.restarting[probe] = slot
+        self.restart_deadlines[probe] = time.monotonic() + ACTOR_START_TIMEOUT_S
         log.debug("worker %d: waiting for its restart", slot.index)
 
     def _restarted(self, ref: Any) -> None:
         ray = _import_ray()
         slot = self.restarting.pop(ref)
+        self.restart_deadlines.pop(ref, None)
         try:
             slot.provenance = ray.get(ref)
             log.info("worker %d: restarted (pid %s)", slot.index, slot.provenance.get("pid"))
@@ -500,6 +503,19 @@ class Dispatcher:
                 if task is not None:
                     self._finish(ref, task)
             self._check_timeouts()
+            self._check_restarts()
+
+    def _check_restarts(self) -> None:
+        """A worker whose restart never completes (its node died, no GPU left to place it on) is
+        lost, so its cells go to other workers or fail instead of waiting forever."""
+        now = time.monotonic()
+        for probe, deadline in list(self.restart_deadlines.items()):
+            if now > deadline:
+                slot = self.restarting.pop(probe)
+                del self.restart_deadlines[probe]
+                log.warning("worker %d did not restart within %.0fs and will get no more cells",
+                            slot.index, ACTOR_START_TIMEOUT_S)
+                self.lost.add(slot.index)
 
     def _drain(self) -> None:
         """After an interrupt: keep what finishes within a short grace period."""

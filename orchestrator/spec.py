@@ -105,7 +105,8 @@ class ModelSpec:
     def key(self) -> str:
         """A short string naming the model identity, e.g. for grouping cells."""
         if self.is_random:
-            return f"{self.tag}@random(seed={self.seed},vocab={self.vocab_size})"
+            return (f"{self.tag}@random(seed={self.seed},vocab={self.vocab_size},"
+                    f"seq={self.sequence_len},head_dim={self.head_dim})")
         return f"{self.tag}@{self.checkpoint}#{self.step}"
 
 

@@ -161,3 +161,23 @@ def test_real_cuda_oom_is_recorded_and_memory_released():
     assert "batch_size=4194304" in huge["error"]
     assert torch.cuda.memory_allocated() <= baseline + (16 << 20)  # the failed cell freed
     assert worker.run(cell())["status"] == "ok"
+
+
+def test_a_worker_that_never_restarts_is_given_up(monkeypatch):
+    """A restart that never answers (node gone, no GPU to place the actor on) must not hang the
+    sweep: past the start timeout the worker is lost and gets no more cells."""
+    from orchestrator import dispatch
+    from orchestrator.spec import WorkersSpec
+
+    dispatcher = dispatch.Dispatcher([], WorkersSpec(), on_record=lambda record: None)
+    slot = dispatch._Slot(index=0, handle=None)
+    probe = object()
+    dispatcher.restarting[probe] = slot
+    dispatcher.restart_deadlines[probe] = 10.0
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: 5.0)
+    dispatcher._check_restarts()
+    assert dispatcher.lost == set() and probe in dispatcher.restarting
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: 11.0)
+    dispatcher._check_restarts()
+    assert dispatcher.lost == {0} and not dispatcher.restarting and not dispatcher.restart_deadlines
+    assert 0 in dispatcher._busy()

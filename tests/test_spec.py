@@ -227,3 +227,13 @@ def test_dry_run_lists_cells_and_creates_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 cells" in out and "cached" in out
     assert not results.exists()
+
+
+def test_model_key_separates_every_random_model_identity():
+    """OOM domination and worker routing group cells by model key: two random models that differ
+    in any part of their identity must not share one."""
+    base = ModelSpec(tag="d[2,2]-h[64,128]", checkpoint="random", head_dim=32)
+    others = [ModelSpec(tag="d[2,2]-h[64,128]", checkpoint="random", head_dim=64),
+              ModelSpec(tag="d[2,2]-h[64,128]", checkpoint="random", head_dim=32, sequence_len=4096),
+              ModelSpec(tag="d[2,2]-h[64,128]", checkpoint="random", head_dim=32, seed=1)]
+    assert len({base.key(), *(m.key() for m in others)}) == 4
