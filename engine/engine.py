@@ -104,12 +104,9 @@ class UNetEngine:
         in a CUDA graph and replayed."""
         model, static = self.model, state.device_positions is not None
         positions = state.device_positions if static else state.positions
-        if static:
-            cos, sin = model.cos.index_select(0, positions[0]), model.sin.index_select(0, positions[0])
-        else:
-            cos, sin = model.cos[positions[0] : positions[0] + 1], model.sin[positions[0] : positions[0] + 1]
         with record_function("embedding"):
             x = model.embed(ids.view(-1, 1))
+        rotary = model.position_rotary(positions[0], x.dtype)
         enc_new = []
         partner = None  # previous stage-(s-1) encoder output: the first of the pooled pair
         for s in range(depth + 1):
@@ -118,7 +115,7 @@ class UNetEngine:
                     x = model.pool(s)(torch.stack((partner, x[:, 0]), dim=1))
             with record_function(f"encoder_stage_{s}"):
                 for i, block in enumerate(model.encoder_blocks(s)):
-                    x = block(x, cos, sin, state.caches[s][i], positions[s])
+                    x = block(x, rotary, state.caches[s][i], positions[s])
             if s < depth:
                 partner = state.enc_last[s].clone()
             state.enc_last[s].copy_(x[:, 0])
@@ -133,7 +130,7 @@ class UNetEngine:
             n_enc = self.config.encoder_layers(s)
             with record_function(f"decoder_stage_{s}"):
                 for i, block in enumerate(model.decoder_blocks(s)):
-                    h = block(h, cos, sin, state.caches[s][n_enc + i], positions[s])
+                    h = block(h, rotary, state.caches[s][n_enc + i], positions[s])
         if static:
             for s in range(depth + 1):
                 positions[s].add_(1)

@@ -22,6 +22,7 @@ from torch.profiler import record_function
 
 from engine.cache import KVCache
 from engine.config import UNetConfig
+from engine.gemv import decode_layout, fuse_columns, fused_columns, linear
 
 ROPE_BASE = 10000.0
 SOFTCAP = 15.0
@@ -33,47 +34,31 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_tables(length: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (length, head_dim // 2), rounded to bfloat16 like the reference.
+    """cos and signed sin tables of shape (length, head_dim), rounded to bfloat16 like the reference.
 
-    The bf16 rounding is part of the model: float32 tables move logits by ~8e-3.
+    Pair (j, j + D/2) rotates by angle j: the tables hold (cos, cos) and (sin, -sin) so that
+    ``apply_rotary`` is two products and a sum. The bf16 rounding is part of the model: float32
+    tables move logits by ~8e-3.
     """
     inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
-    return angles.cos().bfloat16().float(), angles.sin().bfloat16().float()
+    cos, sin = angles.cos().bfloat16().float(), angles.sin().bfloat16().float()
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, -sin), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (j, j + D/2) of x (B, T, H, D) by per-position cos/sin (T, D/2)."""
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    """Rotate pairs (j, j + D/2) of x (B, T, H, D) by tables (T, 1, D) from ``rotary_tables``.
 
-
-# A decode step multiplies one row per sequence by every weight matrix: a GEMV, bound by how fast
-# the weights stream from memory. MKL runs it on one core at about half the bandwidth two cores
-# reach, so on CPU a few-row float32 product is split along the input dimension into one batched
-# GEMM (which MKL spreads over the threads) and the partial sums are added: ~30% faster decode
-# on a 2-core VM. Wider products (prefill, naive, training) go to F.linear as usual.
-SPLIT_MAX_ROWS = 16
-SPLIT_MAX_PARTS = 4
+    Bit for bit the reference's (x1 cos + x2 sin, x2 cos - x1 sin): negating sin is exact.
+    """
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` with the split GEMV above on CPU (same parameters and state-dict names)."""
+    """``nn.Linear`` (no bias) whose few-row CPU products take ``engine.gemv.linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = min(torch.get_num_threads(), SPLIT_MAX_PARTS)
-        rows = x.numel() // self.in_features
-        weight_t = self.weight.t()  # (in, out); contiguous when stored column-major (UNet does)
-        if (parts < 2 or rows > SPLIT_MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
-                or self.in_features % parts or not weight_t.is_contiguous() or self.bias is not None
-                or torch.is_grad_enabled()):
-            return F.linear(x, self.weight)
-        chunk = self.in_features // parts
-        pieces = x.reshape(rows, parts, chunk).transpose(0, 1)  # (parts, rows, chunk)
-        partial = torch.bmm(pieces, weight_t.view(parts, chunk, self.out_features))
-        return partial.sum(0).view(*x.shape[:-1], self.out_features)
+        return linear(x, self.weight)
 
 
 class Attention(nn.Module):
@@ -86,13 +71,23 @@ class Attention(nn.Module):
         self.c_v = Linear(width, n_kv_head * self.head_dim, bias=False)
         self.c_proj = Linear(width, width, bias=False)
 
-    def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v side by side, (B, T, n_head + 2 * n_kv_head, head_dim)."""
+        weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
+        fused = None if torch.is_grad_enabled() else fused_columns(weights)
+        if fused is not None:
+            y = linear(x, fused)  # one GEMV for all three (see engine.gemv)
+        else:
+            y = torch.cat([linear(x, w) for w in weights], dim=-1)
+        return y.view(*x.shape[:2], self.n_head + 2 * self.n_kv_head, self.head_dim)
+
+    def forward(self, x, rotary, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        # RoPE first, then QK-norm: with bf16 tables the two orders differ by ~3e-3.
-        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        qkv = self.qkv(x)
+        # RoPE first, then QK-norm (q and k together: both act per head), as the reference does;
+        # with bf16 tables the two orders differ by ~3e-3.
+        qk = norm(apply_rotary(qkv[:, :, : self.n_head + self.n_kv_head], *rotary))
+        q, k, v = qk[:, :, : self.n_head], qk[:, :, self.n_head :], qkv[:, :, self.n_head + self.n_kv_head :]
         mask = None
         if kv is not None:
             # A multi-token call (prefill) always starts at 0; a decode call adds one token.
@@ -121,8 +116,8 @@ class Block(nn.Module):
         self.attn = Attention(width, n_head, n_kv_head)
         self.mlp = MLP(width)
 
-    def forward(self, x, cos, sin, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
-        x = x + self.attn(norm(x), cos, sin, kv, pos)
+    def forward(self, x, rotary, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
+        x = x + self.attn(norm(x), rotary, kv, pos)
         return x + self.mlp(norm(x))
 
 
@@ -180,19 +175,27 @@ class UNet(nn.Module):
         cos, sin = rotary_tables(config.rotary_len, config.head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-        self._store_weights_column_major()
+        self._pack_weights()
 
-    def _store_weights_column_major(self) -> None:
-        """Keep each Linear weight (out, in) as the transpose of a contiguous (in, out) buffer.
-
-        Same values and state dict; F.linear then multiplies by a row-major (in, out) matrix,
-        which MKL's batch-1 GEMV on CPU reads 2-3x faster than (out, in) — the whole difference
-        between a weight-bandwidth-bound decode step and a slow one. Copies, loads and
-        ``.to(device, dtype)`` keep the layout; large-batch GEMMs do not care.
-        """
+    @torch.no_grad()
+    def _pack_weights(self) -> None:
+        """Lay each Linear weight out as ``engine.gemv`` streams it fastest in a decode step, and
+        put every block's q, k and v side by side in one buffer. Values, shapes, parameter
+        identities and the state dict are unchanged; loads copy into the layout, saves write
+        contiguous tensors (nanochat's files), and ``.to()`` re-packs (``_apply``)."""
+        fused = set()
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.weight = nn.Parameter(module.weight.detach().t().contiguous().t())
+            if isinstance(module, Attention):
+                fuse_columns([module.c_q.weight, module.c_k.weight, module.c_v.weight])
+                fused.update((module.c_q, module.c_k, module.c_v))
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module not in fused:
+                module.weight.data = decode_layout(module.weight.data)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # converts each parameter on its own: fused views come apart
+        self._pack_weights()
+        return self
 
     def _blocks(self, s: int, count: int) -> nn.ModuleList:
         cfg = self.config
@@ -213,10 +216,17 @@ class UNet(nn.Module):
         """The unpooling out of stage s (s >= 1)."""
         return self.decoder[f"unpool_{s}->{s - 1}"]
 
-    def stage_rotary(self, s: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for stage-s tokens 0..length-1: token i sits at position (i+1)*2^s - 1."""
+    def stage_rotary(self, s: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables (length, 1, D) for stage-s tokens 0..length-1: token i sits at position (i+1)*2^s - 1."""
         stride = 2**s
-        return self.cos[stride - 1 :: stride][:length], self.sin[stride - 1 :: stride][:length]
+        return tuple(t[stride - 1 :: stride][:length, None].to(dtype) for t in (self.cos, self.sin))
+
+    def position_rotary(self, position: int | torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables (1, 1, D) for one token at input position ``position`` (an int, or a (1,)
+        device tensor for the static-shape step)."""
+        if isinstance(position, torch.Tensor):
+            return tuple(t.index_select(0, position)[:, None].to(dtype) for t in (self.cos, self.sin))
+        return tuple(t[position : position + 1, None].to(dtype) for t in (self.cos, self.sin))
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         return norm(self.wte(idx))
@@ -243,21 +253,21 @@ class UNet(nn.Module):
                     break  # stage s needs T >= 2^s
                 with record_function(f"pool_{s}"):
                     x = self.pool(s)(x)
-            cos, sin = self.stage_rotary(s, x.size(1))
+            rotary = self.stage_rotary(s, x.size(1), x.dtype)
             with record_function(f"encoder_stage_{s}"):
                 for i, block in enumerate(self.encoder_blocks(s)):
-                    x = block(x, cos, sin, caches[s][i] if caches else None)
+                    x = block(x, rotary, caches[s][i] if caches else None)
             enc_outputs.append(x)
         dec_outputs: list[torch.Tensor] = [None] * len(enc_outputs)
         for s in reversed(range(len(enc_outputs))):
             if s < len(enc_outputs) - 1:
                 with record_function(f"unpool_{s + 1}"):
                     x = shifted_skip(enc_outputs[s], self.unpool(s + 1)(x))
-            cos, sin = self.stage_rotary(s, x.size(1))
+            rotary = self.stage_rotary(s, x.size(1), x.dtype)
             n_enc = self.config.encoder_layers(s)
             with record_function(f"decoder_stage_{s}"):
                 for i, block in enumerate(self.decoder_blocks(s)):
-                    x = block(x, cos, sin, caches[s][n_enc + i] if caches else None)
+                    x = block(x, rotary, caches[s][n_enc + i] if caches else None)
             dec_outputs[s] = x
         if caches is None:
             with record_function("lm_head"):
