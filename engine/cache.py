@@ -44,9 +44,9 @@ class KVCache:
                 self._slots = torch.arange(self.capacity, device=self.keys.device)
             return self.keys, self.values, (self._slots <= pos)[None]  # (1, capacity): one query
         end = pos + k.size(1)
-        self.keys[:, pos:end] = k
-        self.values[:, pos:end] = v
-        return self.keys[:, :end], self.values[:, :end], None
+        self.keys.narrow(1, pos, k.size(1)).copy_(k)
+        self.values.narrow(1, pos, v.size(1)).copy_(v)
+        return self.keys.narrow(1, 0, end), self.values.narrow(1, 0, end), None
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

@@ -18,6 +18,7 @@ Larger products (prefill, the naive method, training, anything with autograd) go
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,27 +27,50 @@ SPLIT_MAX_ROWS = 16
 SPLIT_MAX_PARTS = 4
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)`` without bias; few-row float32 CPU products are split over threads."""
-    out_features, in_features = weight.shape
-    rows = x.numel() // in_features
+class SplitWeight(NamedTuple):
+    """A weight cut into ``parts`` blocks for one batched GEMM (made by ``split_weight``)."""
+
+    key: tuple  # what the blocks were cut from; a weight that moved is cut again
+    weight: torch.Tensor  # (out, in)
+    blocks: torch.Tensor | None  # None: this weight's layout has no split; F.linear it is
+    by_output: bool = False  # blocks (parts, in, out/parts) if True, else (parts, in/parts, out)
+
+
+def split_weight(weight: torch.Tensor, cached: SplitWeight | None = None, key: tuple | None = None) -> SplitWeight:
+    """``cached`` if it was cut from this weight (by ``key``, default its address) for the current
+    thread count, else the weight cut anew. Views only: no weight bytes are copied."""
     parts = min(torch.get_num_threads(), SPLIT_MAX_PARTS)
-    if (parts < 2 or rows > SPLIT_MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
-            or torch.is_grad_enabled()):
-        return F.linear(x, weight)
-    if weight.is_contiguous() and out_features % parts == 0:
+    key = (weight.data_ptr(), weight.stride(), parts) if key is None else (*key, parts)
+    if cached is not None and cached.key == key:
+        return cached
+    out_features, in_features = weight.shape
+    if parts > 1 and weight.is_contiguous() and out_features % parts == 0:
         # (out, in) rows: each part computes a block of outputs from the whole input.
         blocks = weight.view(parts, out_features // parts, in_features).transpose(1, 2)
-        y = torch.bmm(x.reshape(1, rows, in_features).expand(parts, rows, in_features), blocks)
-        return y.transpose(0, 1).reshape(*x.shape[:-1], out_features)
-    weight_t = weight.t()
-    if weight_t.is_contiguous() and in_features % parts == 0:
+        return SplitWeight(key, weight, blocks, by_output=True)
+    if parts > 1 and weight.t().is_contiguous() and in_features % parts == 0:
         # (in, out) rows: each part multiplies a slice of the input; the partial sums are added.
-        chunk = in_features // parts
-        pieces = x.reshape(rows, parts, chunk).transpose(0, 1)
-        partial = torch.bmm(pieces, weight_t.view(parts, chunk, out_features))
-        return partial.sum(0).view(*x.shape[:-1], out_features)
-    return F.linear(x, weight)
+        blocks = weight.t().view(parts, in_features // parts, out_features)
+        return SplitWeight(key, weight, blocks)
+    return SplitWeight(key, weight, None)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, split: SplitWeight | None = None) -> torch.Tensor:
+    """``F.linear(x, weight)`` without bias; few-row float32 CPU products without autograd take
+    the ``split`` of this weight (see ``split_weight``)."""
+    rows = x.numel() // x.size(-1)
+    if (split is None or split.blocks is None or rows > SPLIT_MAX_ROWS or not x.is_cpu
+            or x.dtype is not torch.float32 or torch.is_grad_enabled()):
+        return F.linear(x, weight)
+    blocks = split.blocks
+    parts = blocks.size(0)
+    if split.by_output:
+        y = torch.bmm(x.reshape(1, rows, -1).expand(parts, rows, -1), blocks)
+        y = y if rows == 1 else y.transpose(0, 1)
+    else:
+        pieces = x.reshape(rows, parts, -1).transpose(0, 1)
+        y = torch.bmm(pieces, blocks).sum(0)
+    return y.reshape(*x.shape[:-1], split.weight.size(0))
 
 
 def decode_layout(weight: torch.Tensor) -> torch.Tensor:

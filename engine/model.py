@@ -22,14 +22,28 @@ from torch.profiler import record_function
 
 from engine.cache import KVCache
 from engine.config import UNetConfig
-from engine.gemv import decode_layout, fuse_columns, fused_columns, linear
+from engine.gemv import (
+    SplitWeight,
+    decode_layout,
+    fuse_columns,
+    fused_columns,
+    linear,
+    split_weight,
+)
 
 ROPE_BASE = 10000.0
 SOFTCAP = 15.0
+FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
-    """RMS norm without weights over the last dimension (the reference's default eps)."""
+    """RMS norm without weights over the last dimension (the reference's default eps).
+
+    On CPU in float32, F.rms_norm's own arithmetic (bit for bit) in half its ops: a decode step
+    makes ~50 of these calls on one row each, where the op count is the cost.
+    """
+    if x.is_cpu and x.dtype is torch.float32:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + FLOAT32_EPS)
     return F.rms_norm(x, (x.size(-1),))
 
 
@@ -57,8 +71,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Linear(nn.Linear):
     """``nn.Linear`` (no bias) whose few-row CPU products take ``engine.gemv.linear``."""
 
+    split: SplitWeight | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
+        split = split_weight(self.weight, self.split)
+        if split is not self.split:
+            self.split = split  # nn.Module.__setattr__ is slow enough to matter per decode step
+        return linear(x, self.weight, split)
 
 
 class Attention(nn.Module):
@@ -71,14 +90,24 @@ class Attention(nn.Module):
         self.c_v = Linear(width, n_kv_head * self.head_dim, bias=False)
         self.c_proj = Linear(width, width, bias=False)
 
+    qkv_split: SplitWeight | None = None
+
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """q, k and v side by side, (B, T, n_head + 2 * n_kv_head, head_dim)."""
         weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
-        fused = None if torch.is_grad_enabled() else fused_columns(weights)
-        if fused is not None:
-            y = linear(x, fused)  # one GEMV for all three (see engine.gemv)
+        key = (weights[0].data_ptr(), weights[1].data_ptr(), weights[2].data_ptr())
+        split = self.qkv_split
+        if split is None or split.key[:3] != key:
+            fused = fused_columns(weights)  # None unless the three share one buffer (UNet packs them)
+            split = None if fused is None else split_weight(fused, key=key)
         else:
+            split = split_weight(split.weight, split, key=key)  # re-cut if the thread count changed
+        if split is not self.qkv_split:
+            self.qkv_split = split
+        if split is None or torch.is_grad_enabled():
             y = torch.cat([linear(x, w) for w in weights], dim=-1)
+        else:
+            y = linear(x, split.weight, split)  # one GEMV for all three (see engine.gemv)
         return y.view(*x.shape[:2], self.n_head + 2 * self.n_kv_head, self.head_dim)
 
     def forward(self, x, rotary, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
@@ -86,8 +115,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x)
         # RoPE first, then QK-norm (q and k together: both act per head), as the reference does;
         # with bf16 tables the two orders differ by ~3e-3.
-        qk = norm(apply_rotary(qkv[:, :, : self.n_head + self.n_kv_head], *rotary))
-        q, k, v = qk[:, :, : self.n_head], qk[:, :, self.n_head :], qkv[:, :, self.n_head + self.n_kv_head :]
+        qk, v = qkv.split((self.n_head + self.n_kv_head, self.n_kv_head), dim=2)
+        q, k = norm(apply_rotary(qk, *rotary)).split((self.n_head, self.n_kv_head), dim=2)
         mask = None
         if kv is not None:
             # A multi-token call (prefill) always starts at 0; a decode call adds one token.
