@@ -19,6 +19,8 @@ class KVCache:
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         self.keys = keys
         self.values = values
+        # (B, n_kv_head, capacity, head_dim) views, as attention reads them: one op per read.
+        self.keys_by_head, self.values_by_head = keys.transpose(1, 2), values.transpose(1, 2)
         self._slots: torch.Tensor | None = None  # arange(capacity), for static-shape masks
 
     @classmethod
@@ -31,7 +33,8 @@ class KVCache:
         return self.keys.size(1)
 
     def write(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store k/v (B, T, H, D) at positions pos..pos+T-1; return ``(keys, values, mask)``.
+        """Store k/v (B, T, H, D) at positions pos..pos+T-1; return ``(keys, values, mask)`` with
+        keys and values as (B, H, length, D) views for attention.
 
         With an int ``pos`` the result is the valid prefix and no mask. With a device tensor
         ``pos`` (shape (1,), one token) the shapes stay static, as CUDA graphs need: the whole
@@ -42,11 +45,11 @@ class KVCache:
             self.values.index_copy_(1, pos, v)
             if self._slots is None:
                 self._slots = torch.arange(self.capacity, device=self.keys.device)
-            return self.keys, self.values, (self._slots <= pos)[None]  # (1, capacity): one query
+            return self.keys_by_head, self.values_by_head, (self._slots <= pos)[None]  # one query
         end = pos + k.size(1)
         self.keys.narrow(1, pos, k.size(1)).copy_(k)
         self.values.narrow(1, pos, v.size(1)).copy_(v)
-        return self.keys.narrow(1, 0, end), self.values.narrow(1, 0, end), None
+        return self.keys_by_head.narrow(2, 0, end), self.values_by_head.narrow(2, 0, end), None
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

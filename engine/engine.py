@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
-from torch.profiler import record_function
 
 from engine.cache import DecodeState
 from engine.errors import GenerationError
-from engine.model import UNet
+from engine.model import UNet, region
 from engine.sampling import as_prompt_batch, check_request, make_generator, sample_next
 
 
@@ -104,16 +103,16 @@ class UNetEngine:
         in a CUDA graph and replayed."""
         model, static = self.model, state.device_positions is not None
         positions = state.device_positions if static else state.positions
-        with record_function("embedding"):
+        with region("embedding"):
             x = model.embed(ids.view(-1, 1))
         rotary = model.position_rotary(positions[0], x.dtype)
         enc_new = []
         partner = None  # previous stage-(s-1) encoder output: the first of the pooled pair
         for s in range(depth + 1):
             if s > 0:
-                with record_function(f"pool_{s}"):
+                with region(f"pool_{s}"):
                     x = model.pool(s)(torch.stack((partner, x[:, 0]), dim=1))
-            with record_function(f"encoder_stage_{s}"):
+            with region(f"encoder_stage_{s}"):
                 for i, block in enumerate(model.encoder_blocks(s)):
                     x = block(x, rotary, state.caches[s][i], positions[s])
             if s < depth:
@@ -123,18 +122,18 @@ class UNetEngine:
         h = enc_new[depth] + state.pending[depth][:, None]
         for s in reversed(range(depth + 1)):
             if s < depth:
-                with record_function(f"unpool_{s + 1}"):
+                with region(f"unpool_{s + 1}"):
                     up = model.unpool(s + 1)(h)  # (B, 2, C[s]): this token's half, then the next's
                 h = enc_new[s] + up[:, :1]
                 state.pending[s].copy_(up[:, 1])
             n_enc = self.config.encoder_layers(s)
-            with record_function(f"decoder_stage_{s}"):
+            with region(f"decoder_stage_{s}"):
                 for i, block in enumerate(model.decoder_blocks(s)):
                     h = block(h, rotary, state.caches[s][n_enc + i], positions[s])
         if static:
             for s in range(depth + 1):
                 positions[s].add_(1)
-        with record_function("lm_head"):
+        with region("lm_head"):
             return model.head(h)[:, 0]
 
     # --- generation loops ----------------------------------------------------------------------
@@ -173,7 +172,7 @@ class UNetEngine:
         for step in range(max_tokens):
             if step > 0:
                 logits = self.decode(state, last)
-            with record_function("sampling"):
+            with region("sampling"):
                 next_ids = sample_next(logits, temperature, top_k, generator)
             next_ids = torch.where(done, last, next_ids) if last is not None else next_ids
             masks = (~done).long()

@@ -64,12 +64,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, split: SplitWeight | None = No
         return F.linear(x, weight)
     blocks = split.blocks
     parts = blocks.size(0)
+    if rows == 1 and x.dim() == 3:  # one decode token (1, 1, in): the fewest ops
+        if split.by_output:
+            return torch.bmm(x.expand(parts, 1, -1), blocks).view(1, 1, -1)
+        return torch.bmm(x.view(parts, 1, -1), blocks).sum(0, keepdim=True)
     if split.by_output:
-        y = torch.bmm(x.reshape(1, rows, -1).expand(parts, rows, -1), blocks)
-        y = y if rows == 1 else y.transpose(0, 1)
+        y = torch.bmm(x.reshape(1, rows, -1).expand(parts, rows, -1), blocks).transpose(0, 1)
     else:
-        pieces = x.reshape(rows, parts, -1).transpose(0, 1)
-        y = torch.bmm(pieces, blocks).sum(0)
+        y = torch.bmm(x.reshape(rows, parts, -1).transpose(0, 1), blocks).sum(0)
     return y.reshape(*x.shape[:-1], split.weight.size(0))
 
 

@@ -13,6 +13,7 @@ checkpoints load with ``strict=True``.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -68,6 +69,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
+def region(name: str) -> AbstractContextManager:
+    """``record_function(name)`` while a profiler records, else nothing: the marks name the
+    regions of ``engine.profiler``'s table, and cost two ops each in a decode step otherwise."""
+    return record_function(name) if torch.autograd.profiler._is_profiler_enabled else nullcontext()
+
+
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (no bias) whose few-row CPU products take ``engine.gemv.linear``."""
 
@@ -121,10 +132,11 @@ class Attention(nn.Module):
         if kv is not None:
             # A multi-token call (prefill) always starts at 0; a decode call adds one token.
             assert T == 1 or pos == 0, "the cache takes a prefill from 0 or one token at a time"
-            k, v, mask = kv.write(pos, k, v)
+            k, v, mask = kv.write(pos, k, v)  # (B, H, length, D)
+        else:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
         y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-            is_causal=T > 1, enable_gqa=self.n_kv_head != self.n_head,
+            q.transpose(1, 2), k, v, attn_mask=mask, is_causal=T > 1, enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -202,8 +214,8 @@ class UNet(nn.Module):
                 self.decoder[f"unpool_{s}->{s - 1}"] = Unpool(C[s], C[s - 1])
         self.lm_head = Linear(C[0], config.padded_vocab_size, bias=False)
         cos, sin = rotary_tables(config.rotary_len, config.head_dim)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("cos", cos[:, None], persistent=False)  # (length, 1, D): one per head
+        self.register_buffer("sin", sin[:, None], persistent=False)
         self._pack_weights()
 
     @torch.no_grad()
@@ -248,14 +260,14 @@ class UNet(nn.Module):
     def stage_rotary(self, s: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables (length, 1, D) for stage-s tokens 0..length-1: token i sits at position (i+1)*2^s - 1."""
         stride = 2**s
-        return tuple(t[stride - 1 :: stride][:length, None].to(dtype) for t in (self.cos, self.sin))
+        return tuple(_as_dtype(t[stride - 1 :: stride][:length], dtype) for t in (self.cos, self.sin))
 
     def position_rotary(self, position: int | torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables (1, 1, D) for one token at input position ``position`` (an int, or a (1,)
         device tensor for the static-shape step)."""
         if isinstance(position, torch.Tensor):
-            return tuple(t.index_select(0, position)[:, None].to(dtype) for t in (self.cos, self.sin))
-        return tuple(t[position : position + 1, None].to(dtype) for t in (self.cos, self.sin))
+            return tuple(_as_dtype(t.index_select(0, position), dtype) for t in (self.cos, self.sin))
+        return tuple(_as_dtype(t[position : position + 1], dtype) for t in (self.cos, self.sin))
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         return norm(self.wte(idx))
@@ -273,35 +285,35 @@ class UNet(nn.Module):
         T = idx.size(1)
         if T > self.config.rotary_len:
             raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.config.rotary_len})")
-        with record_function("embedding"):
+        with region("embedding"):
             x = self.embed(idx)
         enc_outputs: list[torch.Tensor] = []
         for s in range(self.config.n_stages):
             if s > 0:
                 if x.size(1) < 2:
                     break  # stage s needs T >= 2^s
-                with record_function(f"pool_{s}"):
+                with region(f"pool_{s}"):
                     x = self.pool(s)(x)
             rotary = self.stage_rotary(s, x.size(1), x.dtype)
-            with record_function(f"encoder_stage_{s}"):
+            with region(f"encoder_stage_{s}"):
                 for i, block in enumerate(self.encoder_blocks(s)):
                     x = block(x, rotary, caches[s][i] if caches else None)
             enc_outputs.append(x)
         dec_outputs: list[torch.Tensor] = [None] * len(enc_outputs)
         for s in reversed(range(len(enc_outputs))):
             if s < len(enc_outputs) - 1:
-                with record_function(f"unpool_{s + 1}"):
+                with region(f"unpool_{s + 1}"):
                     x = shifted_skip(enc_outputs[s], self.unpool(s + 1)(x))
             rotary = self.stage_rotary(s, x.size(1), x.dtype)
             n_enc = self.config.encoder_layers(s)
-            with record_function(f"decoder_stage_{s}"):
+            with region(f"decoder_stage_{s}"):
                 for i, block in enumerate(self.decoder_blocks(s)):
                     x = block(x, rotary, caches[s][n_enc + i] if caches else None)
             dec_outputs[s] = x
         if caches is None:
-            with record_function("lm_head"):
+            with region("lm_head"):
                 return self.head(x)
-        with record_function("lm_head"):
+        with region("lm_head"):
             logits = self.head(x[:, -1:])  # a prefill only needs the last position
         return logits, enc_outputs, dec_outputs
 
