@@ -126,8 +126,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x)
         # RoPE first, then QK-norm (q and k together: both act per head), as the reference does;
         # with bf16 tables the two orders differ by ~3e-3.
-        qk, v = qkv.split((self.n_head + self.n_kv_head, self.n_kv_head), dim=2)
-        q, k = norm(apply_rotary(qk, *rotary)).split((self.n_head, self.n_kv_head), dim=2)
+        qk, v = qkv.split_with_sizes((self.n_head + self.n_kv_head, self.n_kv_head), dim=2)
+        q, k = norm(apply_rotary(qk, *rotary)).split_with_sizes((self.n_head, self.n_kv_head), dim=2)
         mask = None
         if kv is not None:
             # A multi-token call (prefill) always starts at 0; a decode call adds one token.
