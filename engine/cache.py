@@ -24,7 +24,7 @@ class KVCache:
         self.values = values
         # (B, n_kv_head, capacity, head_dim) views, as attention reads them: one op per read.
         self.keys_by_head, self.values_by_head = keys.transpose(1, 2), values.transpose(1, 2)
-        self._slots: torch.Tensor | None = None  # arange(capacity), for static-shape masks
+        self.slots: torch.Tensor | None = None  # arange(capacity), for static-shape masks
 
     @classmethod
     def empty(cls, batch: int, capacity: int, n_kv_head: int, head_dim: int, *, dtype, device) -> KVCache:
@@ -47,9 +47,9 @@ class KVCache:
         if isinstance(pos, torch.Tensor):
             self.keys.index_copy_(1, pos, k)
             self.values.index_copy_(1, pos, v)
-            if self._slots is None:
-                self._slots = torch.arange(self.capacity, device=self.keys.device)
-            return self.keys_by_head, self.values_by_head, (self._slots <= pos)[None]  # one query
+            if self.slots is None:
+                self.slots = torch.arange(self.capacity, device=self.keys.device)
+            return self.keys_by_head, self.values_by_head, (self.slots <= pos)[None]  # one query
         end = pos + k.size(1)
         self.keys.narrow(1, pos, k.size(1)).copy_(k)
         self.values.narrow(1, pos, v.size(1)).copy_(v)
@@ -141,12 +141,22 @@ class DecodeState:
         """Keep positions on the device too, for the static-shape (graph) decode step."""
         device = self.enc_last[0].device
         self.device_positions = [torch.tensor([p], device=device) for p in self.positions]
+        for cache in (cache for stage in self.caches for cache in stage):
+            cache.slots = torch.arange(cache.capacity, device=device)
         return self
 
     def sync_device_positions(self) -> None:
         if self.device_positions is not None:
             for tensor, position in zip(self.device_positions, self.positions):
                 tensor.fill_(position)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor a decode step reads or writes (the inputs of a traced step, engine.static)."""
+        found = [*self.enc_last, *self.pending, *(self.device_positions or [])]
+        for cache in (cache for stage in self.caches for cache in stage):
+            found += [cache.keys, cache.values, cache.keys_by_head, cache.values_by_head]
+            found += [cache.slots] if cache.slots is not None else []
+        return found
 
     def kv_bytes(self) -> int:
         """Actual bytes held by the K/V tensors."""

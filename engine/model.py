@@ -135,8 +135,9 @@ class Attention(nn.Module):
             k, v, mask = kv.write(pos, k, v)  # (B, H, length, D)
         else:
             k, v = k.transpose(1, 2), v.transpose(1, 2)
+        # bool(): while engine.static traces a step, shapes are tensors.
         y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k, v, attn_mask=mask, is_causal=T > 1, enable_gqa=self.n_kv_head != self.n_head,
+            q.transpose(1, 2), k, v, attn_mask=mask, is_causal=bool(T > 1), enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 

@@ -87,3 +87,56 @@ def test_cuda_graphs_equal_eager_in_bfloat16():
     ids = torch.randint(0, 97, (2, 60), device="cuda")
     assert _compare(engine, decoder, ids, 5) <= 0.1  # bf16: a few ulps of logits of size ~10
     assert decoder.n_captured == 3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_stages", [1, 3, 4])
+def test_cpu_traces_replay_the_eager_step(n_stages, threads):
+    """On CPU each phase is traced (TorchScript) on its first step and replayed after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        engine = UNetEngine(tiny_model(n_stages, seed=30 + n_stages))
+        span = 2**n_stages
+        total = span + 3 + 3 * span
+        ids = torch.randint(0, 97, (2, total), generator=torch.Generator().manual_seed(n_stages))
+        decoder = GraphDecoder(engine, 2, total)
+        assert decoder.use_graphs
+        for prompt_len in (span + 3, 1, span):  # later prompts only replay
+            assert _compare(engine, decoder, ids, prompt_len) <= 1e-5, prompt_len
+        assert decoder.n_captured == n_stages
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_replays_see_in_place_weight_updates_and_leave_requires_grad():
+    model = tiny_model(2, seed=3)
+    engine = UNetEngine(model)
+    decoder = GraphDecoder(engine, 1, 30)
+    ids = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(1))
+    assert _compare(engine, decoder, ids, 4) <= 1e-5
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.5)
+        model.decoder_blocks(1)[0].mlp.c_fc.weight.add_(0.1)
+    assert _compare(engine, decoder, ids, 4) <= 1e-5
+
+
+@pytest.mark.parametrize("fails", ["after the step", "mid-step"])
+def test_a_failed_trace_leaves_the_phase_eager(monkeypatch, fails):
+    decoder = None
+
+    def broken_trace(fn, inputs, **kwargs):
+        if fails == "after the step":
+            fn(*inputs)
+        else:  # a half-run step: state moved, no logits
+            decoder.state.enc_last[0].add_(1.0)
+            decoder.state.device_positions[0].add_(1)
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    engine = UNetEngine(tiny_model(3, seed=5))
+    decoder = GraphDecoder(engine, 1, 40)
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(2))
+    assert _compare(engine, decoder, ids, 3) <= 1e-5
+    assert decoder.n_captured == 0 and len(decoder.graphs) == 3
