@@ -13,6 +13,19 @@ import torch
 from engine.config import UNetConfig
 
 
+@dataclass(frozen=True)
+class StaticSlot:
+    """Where a static-shape decode step writes, and what its attention reads, in one stage.
+
+    ``position`` is a (1,) device tensor; attention reads the first ``length`` cache slots under
+    ``mask`` (1, length): 0 up to the position, -inf after (one mask per stage, for its blocks).
+    """
+
+    position: torch.Tensor
+    length: int
+    mask: torch.Tensor
+
+
 class KVCache:
     """Keys and values of one block: two tensors of shape (B, capacity, n_kv_head, head_dim),
     each stored head-major (a transposed (B, n_kv_head, capacity, head_dim) buffer) so that
@@ -24,7 +37,6 @@ class KVCache:
         self.values = values
         # (B, n_kv_head, capacity, head_dim) views, as attention reads them: one op per read.
         self.keys_by_head, self.values_by_head = keys.transpose(1, 2), values.transpose(1, 2)
-        self.slots: torch.Tensor | None = None  # arange(capacity), for static-shape masks
 
     @classmethod
     def empty(cls, batch: int, capacity: int, n_kv_head: int, head_dim: int, *, dtype, device) -> KVCache:
@@ -36,20 +48,17 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys.size(1)
 
-    def write(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def write(self, pos: int | StaticSlot, k: torch.Tensor, v: torch.Tensor):
         """Store k/v (B, T, H, D) at positions pos..pos+T-1; return ``(keys, values, mask)`` with
         keys and values as (B, H, length, D) views for attention.
 
-        With an int ``pos`` the result is the valid prefix and no mask. With a device tensor
-        ``pos`` (shape (1,), one token) the shapes stay static, as CUDA graphs need: the whole
-        buffer comes back with a mask of the valid slots (1, capacity).
+        With an int ``pos`` the result is the valid prefix and no mask. With a ``StaticSlot``
+        (one token) the shapes depend on its ``length`` only, as recorded graphs need.
         """
-        if isinstance(pos, torch.Tensor):
-            self.keys.index_copy_(1, pos, k)
-            self.values.index_copy_(1, pos, v)
-            if self.slots is None:
-                self.slots = torch.arange(self.capacity, device=self.keys.device)
-            return self.keys_by_head, self.values_by_head, (self.slots <= pos)[None]  # one query
+        if isinstance(pos, StaticSlot):
+            self.keys.index_copy_(1, pos.position, k)
+            self.values.index_copy_(1, pos.position, v)
+            return self.keys_by_head.narrow(2, 0, pos.length), self.values_by_head.narrow(2, 0, pos.length), pos.mask
         end = pos + k.size(1)
         self.keys.narrow(1, pos, k.size(1)).copy_(k)
         self.values.narrow(1, pos, v.size(1)).copy_(v)
@@ -102,6 +111,7 @@ class DecodeState:
     pending: list[torch.Tensor]
     max_len: int
     device_positions: list[torch.Tensor] | None = None
+    slot_indices: list[torch.Tensor] | None = None  # arange(capacity) per stage, with device_positions
 
     @classmethod
     def allocate(cls, config: UNetConfig, batch: int, max_len: int, *, dtype, device) -> DecodeState:
@@ -141,9 +151,17 @@ class DecodeState:
         """Keep positions on the device too, for the static-shape (graph) decode step."""
         device = self.enc_last[0].device
         self.device_positions = [torch.tensor([p], device=device) for p in self.positions]
-        for cache in (cache for stage in self.caches for cache in stage):
-            cache.slots = torch.arange(cache.capacity, device=device)
+        self.slot_indices = [torch.arange(stage_capacity(self.max_len, s), device=device)
+                             for s in range(len(self.positions))]
         return self
+
+    def static_slot(self, stage: int, length: int | None = None) -> StaticSlot:
+        """This step's write position in ``stage`` and what attention reads: the first ``length``
+        slots (default: all), those past the position masked out."""
+        length = self.slot_indices[stage].numel() if length is None else length
+        mask = torch.zeros(1, length, dtype=self.enc_last[stage].dtype, device=self.enc_last[stage].device)
+        past = self.slot_indices[stage][:length] > self.device_positions[stage]
+        return StaticSlot(self.device_positions[stage], length, mask.masked_fill_(past, float("-inf")))
 
     def sync_device_positions(self) -> None:
         if self.device_positions is not None:
@@ -155,7 +173,6 @@ class DecodeState:
         found = [*self.enc_last, *self.pending, *(self.device_positions or [])]
         for cache in (cache for stage in self.caches for cache in stage):
             found += [cache.keys, cache.values, cache.keys_by_head, cache.values_by_head]
-            found += [cache.slots] if cache.slots is not None else []
         return found
 
     def kv_bytes(self) -> int:

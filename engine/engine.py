@@ -97,15 +97,21 @@ class UNetEngine:
         state.advance(depth)
         return logits
 
-    def decode_step(self, state: DecodeState, ids: torch.Tensor, depth: int) -> torch.Tensor:
+    def decode_step(
+        self, state: DecodeState, ids: torch.Tensor, depth: int, read_lengths: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """The tensor work of one decode step through stages 0..depth, without the host-side
-        position bookkeeping (``state.advance``), so a static-shape state's step can be captured
-        in a CUDA graph and replayed."""
+        position bookkeeping (``state.advance``), so a static-shape state's step can be recorded
+        (CUDA graph, CPU trace) and replayed. A static state's attention reads, per stage, the
+        first ``read_lengths[s]`` cache slots (default: all of them)."""
         model, static = self.model, state.device_positions is not None
-        positions = state.device_positions if static else state.positions
+        if static:
+            positions = [state.static_slot(s, read_lengths[s] if read_lengths else None) for s in range(depth + 1)]
+        else:
+            positions = state.positions
         with region("embedding"):
             x = model.embed(ids.view(-1, 1))
-        rotary = model.position_rotary(positions[0], x.dtype)
+        rotary = model.position_rotary(state.device_positions[0] if static else positions[0], x.dtype)
         enc_new = []
         partner = None  # previous stage-(s-1) encoder output: the first of the pooled pair
         for s in range(depth + 1):
@@ -132,7 +138,7 @@ class UNetEngine:
                     h = block(h, rotary, state.caches[s][n_enc + i], positions[s])
         if static:
             for s in range(depth + 1):
-                positions[s].add_(1)
+                state.device_positions[s].add_(1)
         with region("lm_head"):
             return model.head(h)[:, 0]
 

@@ -6,7 +6,9 @@ stream has flushed the caches). Here every tensor a step touches keeps its shape
 K/V caches are preallocated for ``max_len`` and attention reads the whole buffer under a mask of
 valid slots; positions live on the device; ``enc_last``/``pending`` are updated in place. Which
 stages run depends on the position (stage s runs when (p+1) % 2^s == 0), so a model with S stages
-has S *phases*; each is recorded once per (batch size, max_len) and replayed:
+has S *phases*. Attention reads each stage's cache up to the next multiple of ``ATTENTION_BUCKET``
+slots past the position, not the whole buffer, so a phase has one shape per bucket: each (phase,
+buckets) is recorded once per (batch size, max_len) and replayed:
 
 - on CUDA as a CUDA graph. Capture records kernels without running them, so the first step of a
   phase runs eagerly (for real) and the phase is captured right after it;
@@ -31,9 +33,12 @@ from contextlib import contextmanager
 
 import torch
 
-from engine.cache import DecodeState
+from engine.cache import DecodeState, stage_capacity
 from engine.engine import UNetEngine, active_depth
 from engine.errors import GenerationError
+
+# Slots per attention-length step: a step reads at most this many masked slots beyond its own.
+ATTENTION_BUCKET = 64
 
 
 class GraphDecoder:
@@ -52,8 +57,8 @@ class GraphDecoder:
         self.use_graphs = True if use_graphs is None else use_graphs
         self.on_cuda = engine.device.type == "cuda"
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=engine.device)
-        # Per phase: replay() -> logits; None where recording failed and the phase runs eagerly.
-        self.graphs: dict[int, Callable[[], torch.Tensor] | None] = {}
+        # Per (depth, read lengths): replay() -> logits; None where recording failed (runs eagerly).
+        self.graphs: dict[tuple[int, tuple[int, ...]], Callable[[], torch.Tensor] | None] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs and self.on_cuda else None
 
     @classmethod
@@ -83,28 +88,38 @@ class GraphDecoder:
         if position >= self.state.max_len:
             raise GenerationError(f"the cache is full: {position} tokens already, max_len={self.state.max_len}")
         depth = active_depth(position, self.engine.config.n_stages)
+        key = (depth, self._read_lengths(depth))
         self.tokens.copy_(ids)
-        replay = self.graphs.get(depth)
+        replay = self.graphs.get(key)
         if replay is not None:
             logits = replay()
-        elif not self.use_graphs or depth in self.graphs:
-            logits = self.engine.decode_step(self.state, self.tokens, depth)
+        elif not self.use_graphs or key in self.graphs:
+            logits = self.engine.decode_step(self.state, self.tokens, *key)
         elif self.on_cuda:
-            # Capture right after the phase's eager (warm-up) step: capturing records kernels
+            # Capture right after the shape's eager (warm-up) step: capturing records kernels
             # without running them, so the state is untouched, and a measured generation after
             # one warm-up generation of the same shape only ever replays.
-            logits = self.engine.decode_step(self.state, self.tokens, depth)
-            self.graphs[depth] = self._capture_cuda(depth)
+            logits = self.engine.decode_step(self.state, self.tokens, *key)
+            self.graphs[key] = self._capture_cuda(key)
         else:
-            logits, self.graphs[depth] = self._trace_cpu(depth)
+            logits, self.graphs[key] = self._trace_cpu(key)
         self.state.advance(depth)
         return logits
 
-    def _capture_cuda(self, depth: int) -> Callable[[], torch.Tensor]:
+    def _read_lengths(self, depth: int) -> tuple[int, ...]:
+        """Per active stage, the cache slots this step's attention reads."""
+        lengths = []
+        for s in range(depth + 1):
+            needed = self.state.positions[s] + 1
+            bucketed = -(-needed // ATTENTION_BUCKET) * ATTENTION_BUCKET
+            lengths.append(min(bucketed, stage_capacity(self.state.max_len, s)))
+        return tuple(lengths)
+
+    def _capture_cuda(self, key: tuple[int, tuple[int, ...]]) -> Callable[[], torch.Tensor]:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self.engine.decode_step(self.state, self.tokens, depth)
+            logits = self.engine.decode_step(self.state, self.tokens, *key)
 
         def replay() -> torch.Tensor:
             graph.replay()
@@ -112,7 +127,7 @@ class GraphDecoder:
 
         return replay
 
-    def _trace_cpu(self, depth: int) -> tuple[torch.Tensor, Callable[[], torch.Tensor] | None]:
+    def _trace_cpu(self, key: tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, Callable[[], torch.Tensor] | None]:
         """Run this step as a TorchScript trace; return its logits and the replay (None if
         tracing failed: the step then ran eagerly and so will the phase)."""
         inputs = (self.tokens, *self.state.tensors())
@@ -121,7 +136,7 @@ class GraphDecoder:
         ran: list[torch.Tensor] = []
 
         def step(tokens: torch.Tensor, *state_tensors: torch.Tensor) -> torch.Tensor:
-            ran.append(self.engine.decode_step(self.state, tokens, depth))
+            ran.append(self.engine.decode_step(self.state, tokens, *key))
             return ran[-1]
 
         try:
@@ -131,12 +146,12 @@ class GraphDecoder:
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 traced = torch.jit.trace(step, inputs, check_trace=False)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means: stay eager
-            logging.getLogger(__name__).warning("decode phase %d runs eagerly: tracing failed (%s)", depth, exc)
+            logging.getLogger(__name__).warning("decode shape %s runs eagerly: tracing failed (%s)", key, exc)
             if ran:
                 return ran[-1], None
             for tensor, saved in zip(small, before):
                 tensor.copy_(saved)
-            return self.engine.decode_step(self.state, self.tokens, depth), None
+            return self.engine.decode_step(self.state, self.tokens, *key), None
         return ran[-1], lambda: traced(*inputs)
 
 

@@ -104,7 +104,8 @@ def test_cpu_traces_replay_the_eager_step(n_stages, threads):
         assert decoder.use_graphs
         for prompt_len in (span + 3, 1, span):  # later prompts only replay
             assert _compare(engine, decoder, ids, prompt_len) <= 1e-5, prompt_len
-        assert decoder.n_captured == n_stages
+        assert {depth for depth, _ in decoder.graphs} == set(range(n_stages))
+        assert decoder.n_captured == len(decoder.graphs)
     finally:
         torch.set_num_threads(before)
 
@@ -140,3 +141,17 @@ def test_a_failed_trace_leaves_the_phase_eager(monkeypatch, fails):
     ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(2))
     assert _compare(engine, decoder, ids, 3) <= 1e-5
     assert decoder.n_captured == 0 and len(decoder.graphs) == 3
+
+
+def test_attention_reads_whole_buckets_not_the_whole_buffer():
+    engine = UNetEngine(tiny_model(2, seed=8))
+    decoder = GraphDecoder(engine, 1, 200, use_graphs=False)
+    ids = torch.randint(0, 97, (1, 200), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        decoder.prefill(ids[:, :60])
+        assert decoder._read_lengths(1) == (64, 64)  # 61 and 31 slots needed
+        decoder.prefill(ids[:, :64])
+        assert decoder._read_lengths(0) == (128,)
+        decoder.prefill(ids[:, :199])
+        assert decoder._read_lengths(0) == (200 + 1,)  # capped at the capacity
+    assert _compare(engine, decoder, ids, 40) <= 1e-5  # crosses two bucket edges
