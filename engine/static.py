@@ -13,7 +13,7 @@ buckets) is recorded once per (batch size, max_len) and replayed:
 - on CUDA as a CUDA graph. Capture records kernels without running them, so the first step of a
   phase runs eagerly (for real) and the phase is captured right after it;
 - on CPU as a TorchScript trace, which replays the recorded ops from C++ without the Python
-  interpreter (~10% faster decode than the eager cached engine on a 2-core VM). Tracing runs the
+  interpreter (~15% faster decode than the eager cached engine on a 2-core VM). Tracing runs the
   step for real, so the first step of a phase is its trace. The state's tensors are the graph's
   inputs, so in-place updates reach them; the weights are constants held by reference, so
   in-place weight updates are seen (replacing a weight needs a new decoder). ``torch.jit.trace``
