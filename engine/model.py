@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from engine.cache import KVCache
+from engine.cache import KVCache, StaticSlot
 from engine.config import UNetConfig
 from engine.gemv import (
     SplitWeight,
@@ -121,7 +121,7 @@ class Attention(nn.Module):
             y = linear(x, split.weight, split)  # one GEMV for all three (see engine.gemv)
         return y.view(*x.shape[:2], self.n_head + 2 * self.n_kv_head, self.head_dim)
 
-    def forward(self, x, rotary, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
+    def forward(self, x, rotary, kv: KVCache | None = None, pos: int | StaticSlot = 0) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x)
         # RoPE first, then QK-norm (q and k together: both act per head), as the reference does;
@@ -158,7 +158,7 @@ class Block(nn.Module):
         self.attn = Attention(width, n_head, n_kv_head)
         self.mlp = MLP(width)
 
-    def forward(self, x, rotary, kv: KVCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
+    def forward(self, x, rotary, kv: KVCache | None = None, pos: int | StaticSlot = 0) -> torch.Tensor:
         x = x + self.attn(norm(x), rotary, kv, pos)
         return x + self.mlp(norm(x))
 
