@@ -18,7 +18,8 @@ buckets) is recorded once per (batch size, max_len) and replayed:
   inputs, so in-place updates reach them; the weights are constants held by reference, so
   in-place weight updates are seen (replacing a weight needs a new decoder). ``torch.jit.trace``
   is deprecated in favour of ``torch.compile``, whose CPU code for these one-row products is
-  slower than MKL's here; if tracing fails, the phase runs eagerly.
+  slower than MKL's here; if tracing fails, the phase runs eagerly. A replayed phase shows up
+  in a profile as its ops, without the stage regions of ``engine.profiler``'s table.
 
 With ``use_graphs=False`` every step runs the same static-shape code eagerly (how its logic is
 tested against the eager engine, and the fallback).
