@@ -101,24 +101,25 @@ class Attention(nn.Module):
         self.c_v = Linear(width, n_kv_head * self.head_dim, bias=False)
         self.c_proj = Linear(width, width, bias=False)
 
+    # q, k and v as one weight when UNet packed them side by side (else None), found again only
+    # when a weight has moved; and its split for the one-row product (engine.gemv).
+    qkv_key: tuple = ()
+    qkv_fused: torch.Tensor | None = None
     qkv_split: SplitWeight | None = None
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """q, k and v side by side, (B, T, n_head + 2 * n_kv_head, head_dim)."""
         weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
         key = (weights[0].data_ptr(), weights[1].data_ptr(), weights[2].data_ptr())
-        split = self.qkv_split
-        if split is None or split.key[:3] != key:
-            fused = fused_columns(weights)  # None unless the three share one buffer (UNet packs them)
-            split = None if fused is None else split_weight(fused, key=key)
-        else:
-            split = split_weight(split.weight, split, key=key)  # re-cut if the thread count changed
-        if split is not self.qkv_split:
-            self.qkv_split = split
-        if split is None or torch.is_grad_enabled():
+        if key != self.qkv_key:
+            self.qkv_key, self.qkv_fused = key, fused_columns(weights)
+        if self.qkv_fused is None or torch.is_grad_enabled():
             y = torch.cat([linear(x, w) for w in weights], dim=-1)
         else:
-            y = linear(x, split.weight, split)  # one GEMV for all three (see engine.gemv)
+            split = split_weight(self.qkv_fused, self.qkv_split, key=key)
+            if split is not self.qkv_split:
+                self.qkv_split = split  # nn.Module.__setattr__ is slow enough to matter per step
+            y = linear(x, self.qkv_fused, split)  # one GEMV for all three
         return y.view(*x.shape[:2], self.n_head + 2 * self.n_kv_head, self.head_dim)
 
     def forward(self, x, rotary, kv: KVCache | None = None, pos: int | StaticSlot = 0) -> torch.Tensor:
