@@ -1,10 +1,10 @@
 """Weight layout and few-row products for a fast decode step on CPU.
 
 A decode step multiplies one row per sequence by every weight matrix (a GEMV), so its speed is how
-fast the weights stream from memory. Measured with MKL, float32, matrices cold in cache, on a
-2-core EPYC VM (``benchmarks/cached_vs_naive.py``):
+fast the weights stream from memory. What we found timing MKL's float32 products on matrices cold
+in cache, on a 2-core EPYC VM (their effect on decode: ``benchmarks/cached_vs_naive.py``):
 
-- MKL runs a lone GEMV on one thread, at about half the bandwidth two threads reach, so a
+- MKL runs a lone GEMV on one thread, well below the bandwidth two threads reach, so a
   few-row product becomes one batched GEMM of ``parts`` blocks, which MKL spreads over threads;
 - a wide matrix (in <= out) streams fastest stored as (in, out) rows and split along the input
   (the partial sums are added); a tall one (in > out) as (out, in) rows split along the output

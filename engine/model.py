@@ -41,7 +41,7 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     """RMS norm without weights over the last dimension (the reference's default eps).
 
     On CPU in float32, F.rms_norm's own arithmetic (bit for bit) in half its ops: a decode step
-    makes ~50 of these calls on one row each, where the op count is the cost.
+    makes dozens of these calls on one row each, where the op count is the cost.
     """
     if x.is_cpu and x.dtype is torch.float32:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + FLOAT32_EPS)
@@ -80,11 +80,13 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (no bias) whose few-row CPU products take ``engine.gemv.linear``."""
+    """``nn.Linear`` whose few-row CPU products take ``engine.gemv.linear`` (the UNet's have no bias)."""
 
     split: SplitWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None:
+            return F.linear(x, self.weight, self.bias)
         split = split_weight(self.weight, self.split)
         if split is not self.split:
             self.split = split  # nn.Module.__setattr__ is slow enough to matter per decode step

@@ -1,8 +1,8 @@
 """The static-shape decode path: one recorded graph per decode phase, replayed every step.
 
 A small model's eager decode step is bound by per-op overhead, not by arithmetic: kernel launches
-on a GPU, Python and dispatch on a CPU (~50 ops per block, each a few microseconds once the weight
-stream has flushed the caches). Here every tensor a step touches keeps its shape and address: the
+on a GPU, Python and dispatch on a CPU (dozens of ops per block, each a few microseconds once the
+weight stream has flushed the caches). Here every tensor a step touches keeps its shape and address: the
 K/V caches are preallocated for ``max_len`` and attention reads them under a mask of valid
 slots; positions live on the device; ``enc_last``/``pending`` are updated in place. Which
 stages run depends on the position (stage s runs when (p+1) % 2^s == 0), so a model with S stages

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from engine.cache import KVCache
 from engine.engine import UNetEngine
 from engine.gemv import decode_layout, fuse_columns, fused_columns, linear, split_weight
-from engine.model import UNet, apply_rotary, norm, rotary_tables
+from engine.model import Linear, UNet, apply_rotary, norm, rotary_tables
 from tests.helpers import tiny_model
 from tests.test_engine import TOLERANCE, max_cached_error
 
@@ -47,11 +47,24 @@ def test_split_linear_equals_f_linear_in_both_layouts(two_threads, out_features,
                 assert (got - expected).abs().max() < 1e-5, shape
 
 
-def test_split_linear_leaves_autograd_to_f_linear(two_threads):
+def test_split_linear_leaves_autograd_to_f_linear(two_threads, monkeypatch):
+    def no_bmm(*args, **kwargs):
+        raise AssertionError("the split GEMV ran")
+
     weight = torch.randn(8, 6, requires_grad=True)
-    x = torch.randn(1, 1, 6)
-    linear(x, weight, split_weight(weight.detach())).sum().backward()
+    split, x = split_weight(weight.detach()), torch.randn(1, 1, 6)
+    monkeypatch.setattr(torch, "bmm", no_bmm)
+    linear(x, weight, split).sum().backward()  # autograd on: F.linear, no split
     assert torch.allclose(weight.grad, x.view(1, 6).expand(8, 6))
+    with torch.inference_mode(), pytest.raises(AssertionError, match="split GEMV ran"):
+        linear(x, weight.detach(), split)
+
+
+def test_a_linear_with_bias_keeps_it():
+    layer = Linear(6, 4, bias=True)
+    x = torch.randn(1, 1, 6)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias))
 
 
 def test_decode_layout_keeps_values_and_picks_rows_by_shape():
