@@ -3,7 +3,7 @@
     submit SPEC [--results DIR] [--address ADDR] [--set K=V ...] [--dry-run]
                 [--rerun failed | --fresh]
         runs the cells never run (or stopped mid-retry); --rerun failed also those whose latest
-        attempt failed; --fresh every cell (see orchestrator/resume.py, docs/failures.md)
+        attempt failed; --fresh every cell (see orchestrator/run/plan.py, docs/failures.md)
         exit 0: every cell ok; 1: some cells failed (the rest are saved);
         2: invalid spec or arguments (nothing run, no results directory created);
         130: interrupted (finished cells saved; the command it prints resumes).
@@ -23,11 +23,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from orchestrator import results_cli, summary
+from orchestrator import results_cli
+from orchestrator.results import summary
 from orchestrator.errors import Interrupted, OrchestratorError, ResultsError, SpecError
-from orchestrator.grid import expand_cells
-from orchestrator.spec import load_job_spec
-from orchestrator.store import ResultStore
+from orchestrator.spec.grid import expand_cells
+from orchestrator.spec.job import load_job_spec
+from orchestrator.run.store import ResultStore
 
 log = logging.getLogger("orchestrator")
 
@@ -177,10 +178,10 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells (dry run: nothing was run)")
         return 0
     if args.address:
-        from orchestrator.dispatch import check_address
+        from orchestrator.run.dispatch import check_address
 
         check_address(args.address)
-    from orchestrator.submit import submit_job
+    from orchestrator.run.submit import submit_job
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

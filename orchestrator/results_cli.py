@@ -22,14 +22,14 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from orchestrator import compare as compare_mod
-from orchestrator.dataset import load_results
+from orchestrator.results import compare as compare_mod
+from orchestrator.results.dataset import load_results
 from orchestrator.errors import QueryError
-from orchestrator.formats import FORMATS, render
-from orchestrator.manifest import Invocation
-from orchestrator.pivot import COMBINE, PivotSpec, parse_ratio, pivot
-from orchestrator.progress import MODES, make_progress
-from orchestrator.query import QuerySpec, parse_agg, run_query, split_list
+from orchestrator.results.formats import FORMATS, render
+from orchestrator.run.manifest import Invocation
+from orchestrator.results.pivot import COMBINE, PivotSpec, parse_ratio, pivot
+from orchestrator.run.progress import MODES, make_progress
+from orchestrator.results.query import QuerySpec, parse_agg, run_query, split_list
 from workers.record import Status
 
 log = logging.getLogger("orchestrator")
@@ -117,7 +117,7 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
 def submit_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for submit_job from the parsed submit options."""
     if args.plot:
-        from orchestrator.plot import require_matplotlib
+        from orchestrator.results.plot import require_matplotlib
 
         require_matplotlib()  # fail before the sweep, not after it
     argv = getattr(args, "argv", None)
@@ -134,7 +134,7 @@ def submit_options(args: argparse.Namespace) -> dict:
 def after_submit(args: argparse.Namespace, job_dir: Path) -> None:
     """`submit --plot`: write the default plots of the job."""
     if args.plot:
-        from orchestrator.plot import write_plots
+        from orchestrator.results.plot import write_plots
 
         for path in write_plots(job_dir):
             log.info("plot: %s", path)
@@ -193,7 +193,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from orchestrator.plot import PlotSpec, write_plots
+    from orchestrator.results.plot import PlotSpec, write_plots
 
     custom = None
     if args.x or args.y or args.hue or args.col:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from orchestrator.store import ResultStore
+from orchestrator.run.store import ResultStore
 from workers.record import SCHEMA_VERSION
 
 MIB = 1024 * 1024

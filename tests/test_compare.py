@@ -8,8 +8,8 @@ import json
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.compare import Side, compare, is_flagged
-from orchestrator.store import ResultStore
+from orchestrator.results.compare import Side, compare, is_flagged
+from orchestrator.run.store import ResultStore
 from tests.results_data import GRID, make_record
 
 PLANTED = ("cached", 4, 128)  # the cell made 2x faster in run B

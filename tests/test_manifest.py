@@ -17,9 +17,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.dataset import load_results
-from orchestrator.manifest import Invocation, RunManifest, read_manifests
-from orchestrator.spec import load_job_spec
+from orchestrator.results.dataset import load_results
+from orchestrator.run.manifest import Invocation, RunManifest, read_manifests
+from orchestrator.spec.job import load_job_spec
 from tests.results_data import write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.grid import expand_cells
-from orchestrator.spec import load_job_spec
+from orchestrator.spec.grid import expand_cells
+from orchestrator.spec.job import load_job_spec
 from workers.worker import CellWorker
 
 JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))

@@ -16,9 +16,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.spec import load_job_spec
-from orchestrator.store import ResultStore
-from orchestrator.submit import submit_job
+from orchestrator.spec.job import load_job_spec
+from orchestrator.run.store import ResultStore
+from orchestrator.run.submit import submit_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -230,8 +230,8 @@ def test_oom_skips_dominated_cells(tmp_path):
 
 def test_in_process_worker_equals_ray_worker(ray_session):
     pytest.importorskip("engine.bench")
-    from orchestrator.grid import CellSpec
-    from orchestrator.spec import ModelSpec
+    from orchestrator.spec.grid import CellSpec
+    from orchestrator.spec.job import ModelSpec
     from workers.actor import RemoteCellActor
     from workers.worker import CellWorker
 

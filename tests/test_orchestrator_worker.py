@@ -9,8 +9,8 @@ import weakref
 
 import pytest
 
-from orchestrator.grid import CellSpec
-from orchestrator.spec import ModelSpec
+from orchestrator.spec.grid import CellSpec
+from orchestrator.spec.job import ModelSpec
 from workers.record import SCHEMA_VERSION
 from workers.worker import CellWorker
 
@@ -104,7 +104,7 @@ def test_real_engine_prompt_text_uses_byte_tokenizer():
 
 
 def test_driver_modules_do_not_import_torch():
-    code = ("import sys, orchestrator.cli, orchestrator.submit, orchestrator.dispatch, "
+    code = ("import sys, orchestrator.cli, orchestrator.run.submit, orchestrator.run.dispatch, "
             "workers.actor; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -166,8 +166,8 @@ def test_real_cuda_oom_is_recorded_and_memory_released():
 def test_a_worker_that_never_restarts_is_given_up(monkeypatch):
     """A restart that never answers (node gone, no GPU to place the actor on) must not hang the
     sweep: past the start timeout the worker is lost and gets no more cells."""
-    from orchestrator import dispatch
-    from orchestrator.spec import WorkersSpec
+    from orchestrator.run import dispatch
+    from orchestrator.spec.job import WorkersSpec
 
     dispatcher = dispatch.Dispatcher([], WorkersSpec(), on_record=lambda record: None)
     slot = dispatch._Slot(index=0, handle=None)

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from orchestrator.progress import BarProgress, LineProgress, NoProgress, duration, make_progress
+from orchestrator.run.progress import BarProgress, LineProgress, NoProgress, duration, make_progress
 
 
 class Terminal(io.StringIO):
@@ -18,8 +18,8 @@ class Terminal(io.StringIO):
 
 @pytest.fixture()
 def progress_log():
-    """What the orchestrator.progress logger writes, as text."""
-    logger = logging.getLogger("orchestrator.progress")
+    """What the orchestrator.run.progress logger writes, as text."""
+    logger = logging.getLogger("orchestrator.run.progress")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     old_level, logger.level = logger.level, logging.INFO
@@ -80,7 +80,7 @@ def test_bar_on_a_terminal(progress_log):
         assert "1 skipped (already ok)" in bar[0]
         assert bar[1:] == ["  worker 0: cached b=1 p=32 (0s)", "  worker 1: naive b=1 p=32 (0s)"]
         assert handler.stream is not term  # log lines go through the bar's stream
-        logging.getLogger("orchestrator.dispatch").warning("a warning line")
+        logging.getLogger("orchestrator.run.dispatch").warning("a warning line")
         progress.finished(ok(0), "cached b=1 p=32", final=True)
         assert progress.lines(200)[0].startswith("[########----------------] 1/3 cells")
         assert progress.lines(200)[1:] == ["  worker 1: naive b=1 p=32 (0s)"]

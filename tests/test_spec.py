@@ -10,8 +10,8 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.errors import SpecError
-from orchestrator.grid import expand_cells
-from orchestrator.spec import JobSpec, MeasureSpec, ModelSpec, WorkersSpec, load_job_spec
+from orchestrator.spec.grid import expand_cells
+from orchestrator.spec.job import JobSpec, MeasureSpec, ModelSpec, WorkersSpec, load_job_spec
 
 GOLDEN = Path(__file__).parent / "fixtures" / "nanochat_unet" / "golden_checkpoints"
 GOLDEN_TAG = "d[2,2]-h[64,128]"

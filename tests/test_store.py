@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.errors import ResultsLockedError
-from orchestrator.store import ResultStore
+from orchestrator.run.store import ResultStore
 from workers.record import SCHEMA_VERSION
 
 

@@ -1,6 +1,6 @@
 """The Ray actor: a thin wrapper that runs a `CellWorker` inside a Ray worker process.
 
-Ray is imported here (and in orchestrator/dispatch.py) only. The actor adds Ray provenance
+Ray is imported here (and in orchestrator/run/dispatch.py) only. The actor adds Ray provenance
 (node id, actor id, assigned GPU ids, Ray version) to every record. GPU pinning is Ray's job:
 an actor created with `num_gpus=1` sees its GPU as `cuda:0` through CUDA_VISIBLE_DEVICES; when
 torch sees no CUDA (e.g. GPUs declared as custom resources on a CPU machine) it runs on CPU.

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import SpecError
-from orchestrator.source import Document
+from orchestrator.spec.source import Document
 
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
 
@@ -82,6 +82,6 @@ def apply_overrides(doc: Document, overrides: list[str]) -> Document:
 
 
 def doc_error(where: str, path: tuple, message: str) -> SpecError:
-    from orchestrator.source import format_path
+    from orchestrator.spec.source import format_path
 
     return SpecError(where, format_path(path), message)

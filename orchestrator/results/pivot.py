@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from orchestrator.errors import QueryError
-from orchestrator.where import unknown_column
+from orchestrator.results.where import unknown_column
 
 COMBINE: dict[str, Callable[[list[float]], float]] = {
     "mean": statistics.fmean,

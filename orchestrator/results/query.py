@@ -5,7 +5,7 @@
     query results/sweep --group-by method,batch_size --agg decode_tok_s:mean,ttft_ms:median
 
 Steps, in order: load (optionally only the latest attempt per cell, optionally with the run
-manifests joined), filter (`--where`, see orchestrator.where), group and aggregate
+manifests joined), filter (`--where`, see orchestrator.results.where), group and aggregate
 (`Table.group_by`), sort, limit, select columns. Every name is checked against the table first;
 a mistake is a QueryError (exit 2) listing the available columns.
 """
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError
-from orchestrator.where import column_list, parse_where, unknown_column
+from orchestrator.results.where import column_list, parse_where, unknown_column
 
 AGGREGATIONS: dict[str, str] = {  # name -> pyarrow hash aggregation
     "mean": "mean",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from orchestrator.grid import CellSpec
+from orchestrator.spec.grid import CellSpec
 from workers.record import Status
 
 RerunMode = Literal["resume", "failed", "all"]

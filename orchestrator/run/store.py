@@ -49,7 +49,7 @@ KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "status": _STR,
     "error": _STR,
     "error_detail": _STR,
-    "will_retry": _BOOL,  # a worker death the driver retries (see orchestrator/resume.py)
+    "will_retry": _BOOL,  # a worker death the driver retries (see orchestrator/run/plan.py)
     # parameters
     "method": _STR,
     "batch_size": _I64,

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import checks
-from orchestrator.grid import (
+from orchestrator.spec import checks
+from orchestrator.spec.grid import (
     AXES,
     AXIS_DEFAULTS,
     MATCH_KEYS,
@@ -26,8 +26,8 @@ from orchestrator.grid import (
     expand_cells,
     parse_condition,
 )
-from orchestrator.overrides import apply_overrides
-from orchestrator.source import Document, did_you_mean
+from orchestrator.spec.overrides import apply_overrides
+from orchestrator.spec.source import Document, did_you_mean
 from workers.record import MODEL_KEYS  # the model fields a record carries are the spec's
 
 SCHEMA_KEYS = (

@@ -86,7 +86,7 @@ def _jsonable(value: Any) -> Any:
 def spec_to_dict(job: Any) -> dict:
     """A resolved JobSpec (overrides applied, checkpoints and steps resolved) as plain JSON data.
 
-    >>> from orchestrator.spec import JobSpec, GridSpec, ModelSpec
+    >>> from orchestrator.spec.job import JobSpec, GridSpec, ModelSpec
     >>> spec_to_dict(JobSpec(name="j", models=(ModelSpec(tag="d[2]-h[64]"),), grid=GridSpec()))["name"]
     'j'
     """

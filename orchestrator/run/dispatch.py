@@ -32,8 +32,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from orchestrator.errors import ClusterError, Interrupted
-from orchestrator.grid import CellSpec
-from orchestrator.spec import WorkersSpec
+from orchestrator.spec.grid import CellSpec
+from orchestrator.spec.job import WorkersSpec
 from workers.record import SCHEMA_VERSION, Status, params_of
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import checks
+from orchestrator.spec import checks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from orchestrator.spec import JobSpec, ModelSpec
+    from orchestrator.spec.job import JobSpec, ModelSpec
 
 # axis -> value check; the order is the product order (method varies fastest)
 AXES: dict[str, checks.Check] = {

@@ -8,7 +8,7 @@ The driver reports through four calls (the `Progress` protocol):
     progress.end()
 
 `LineProgress` logs one line per finished attempt ("[3/10] ok  <label>  decode ... | 3 ok,
-0 failed, ETA 40s") and one per start at debug level, through the `orchestrator.progress`
+0 failed, ETA 40s") and one per start at debug level, through the `orchestrator.run.progress`
 logger (so `-q` silences it and log files keep it). `BarProgress` keeps those finished lines and
 adds, at the bottom of the terminal, a bar with done/total, ok/failed counts, the elapsed time and
 the ETA, and one line per worker with the cell it is running; it redraws twice a second and

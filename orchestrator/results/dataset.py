@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import ResultsError
-from orchestrator.manifest import join_manifests, manifest_table, read_manifests
-from orchestrator.store import ResultStore
+from orchestrator.run.manifest import join_manifests, manifest_table, read_manifests
+from orchestrator.run.store import ResultStore
 from workers.record import Status
 
 MIB = 1024 * 1024
@@ -42,7 +42,7 @@ def load_results(path: Path, *, latest: bool = False, manifests: bool = False) -
     """All rows of the job(s) at `path` as one table, plus the derived `peak_bytes` column.
 
     `latest`: keep only the latest attempt of each cell. `manifests`: add the `run_*` columns
-    of the run manifests (see orchestrator.manifest).
+    of the run manifests (see orchestrator.run.manifest).
     """
     tables, runs = [], []
     for job_dir in job_dirs(path):

@@ -4,7 +4,7 @@
     outcome.exit_code   # 0 all cells ok, 1 some failed (the rest are saved)
 
 The driver writes the dataset itself (workers only return records), so a cluster needs no
-shared disk. Resume is by cell_id (orchestrator/resume.py): cells with an ok row are skipped,
+shared disk. Resume is by cell_id (orchestrator/run/plan.py): cells with an ok row are skipped,
 cells whose latest attempt failed are skipped unless `rerun_failed`, `fresh` runs every cell.
 """
 
@@ -21,14 +21,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator import summary
+from orchestrator.results import summary
 from orchestrator.errors import ClusterError, Interrupted
-from orchestrator.grid import CellSpec, expand_cells
-from orchestrator.manifest import Invocation, RunManifest
-from orchestrator.progress import LineProgress, Progress, reporting
-from orchestrator.resume import plan_cells
-from orchestrator.spec import JobSpec
-from orchestrator.store import ResultStore
+from orchestrator.spec.grid import CellSpec, expand_cells
+from orchestrator.run.manifest import Invocation, RunManifest
+from orchestrator.run.progress import LineProgress, Progress, reporting
+from orchestrator.run.plan import plan_cells
+from orchestrator.spec.job import JobSpec
+from orchestrator.run.store import ResultStore
 from workers.record import Status
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _run(
     created: list[Path],
     run: _RunContext,
 ) -> None:
-    from orchestrator.dispatch import Dispatcher, connect
+    from orchestrator.run.dispatch import Dispatcher, connect
 
     try:
         conn = connect(address, store.ray_log)
