@@ -32,7 +32,7 @@ from orchestrator.run.store import ResultStore
 from workers.record import Status
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
