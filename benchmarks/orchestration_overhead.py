@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.spec.source import Document
-from orchestrator.spec.job import parse_job_spec
 from orchestrator.run.submit import submit_job
+from orchestrator.spec.job import parse_job_spec
+from orchestrator.spec.source import Document
 
 JOB = {
     "name": "overhead",

@@ -24,11 +24,11 @@ from pathlib import Path
 from tabulate import tabulate
 
 from orchestrator import results_cli
-from orchestrator.results import summary
 from orchestrator.errors import Interrupted, OrchestratorError, ResultsError, SpecError
+from orchestrator.results import summary
+from orchestrator.run.store import ResultStore
 from orchestrator.spec.grid import expand_cells
 from orchestrator.spec.job import load_job_spec
-from orchestrator.run.store import ResultStore
 
 log = logging.getLogger("orchestrator")
 
@@ -178,7 +178,7 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells (dry run: nothing was run)")
         return 0
     if args.address:
-        from orchestrator.run.dispatch import check_address
+        from orchestrator.run.cluster import check_address
 
         check_address(args.address)
     from orchestrator.run.submit import submit_job

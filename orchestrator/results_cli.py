@@ -22,14 +22,14 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from orchestrator.errors import QueryError
 from orchestrator.results import compare as compare_mod
 from orchestrator.results.dataset import load_results
-from orchestrator.errors import QueryError
 from orchestrator.results.formats import FORMATS, render
-from orchestrator.run.manifest import Invocation
 from orchestrator.results.pivot import COMBINE, PivotSpec, parse_ratio, pivot
-from orchestrator.run.progress import MODES, make_progress
 from orchestrator.results.query import QuerySpec, parse_agg, run_query, split_list
+from orchestrator.run.manifest import Invocation
+from orchestrator.run.progress import MODES, make_progress
 from workers.record import Status
 
 log = logging.getLogger("orchestrator")

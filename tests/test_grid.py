@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.spec.grid import AXES, CellSpec, cell_id, expand_cells, parse_condition
+from orchestrator.spec.job import ModelSpec, parse_job_spec
 from orchestrator.spec.overrides import apply_overrides
 from orchestrator.spec.source import Document
-from orchestrator.spec.job import ModelSpec, parse_job_spec
 
 BASE = {
     "name": "g",

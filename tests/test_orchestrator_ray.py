@@ -16,9 +16,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.spec.job import load_job_spec
 from orchestrator.run.store import ResultStore
 from orchestrator.run.submit import submit_job
+from orchestrator.spec.job import load_job_spec
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.spec.grid import CellSpec
 from orchestrator.run.manifest import Invocation
 from orchestrator.run.plan import CellState, cell_state, plan_cells
-from orchestrator.spec.job import ModelSpec
 from orchestrator.run.store import ResultStore
 from orchestrator.run.submit import SubmitOutcome, resume_command
+from orchestrator.spec.grid import CellSpec
+from orchestrator.spec.job import ModelSpec
 
 MODEL = ModelSpec(tag="d[2]-h[64]", head_dim=32)
 

@@ -10,28 +10,21 @@ Faults: a worker that dies mid-cell is restarted by Ray and the cell retried up 
 worker replaced; an `oom` cell makes the queued cells it dominates `skipped_oom`. A restarted
 worker gets no cell until it answers `ready()` again, so no cell is lost to a restarting actor.
 
-Ray is imported here and in workers/actor.py only.
+Ray is imported here, in cluster.py (connecting) and in workers/actor.py only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import socket
-import sys
-import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from orchestrator.errors import ClusterError, Interrupted
+from orchestrator.run.cluster import import_ray
 from orchestrator.spec.grid import CellSpec
 from orchestrator.spec.job import WorkersSpec
 from workers.record import SCHEMA_VERSION, Status, params_of
@@ -39,125 +32,8 @@ from workers.record import SCHEMA_VERSION, Status, params_of
 log = logging.getLogger(__name__)
 
 ACTOR_START_TIMEOUT_S = 180.0
-ADDRESS_TIMEOUT_S = 10.0
 INTERRUPT_GRACE_S = 10.0
 WAIT_TICK_S = 1.0
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - ray is a dependency
-        raise ClusterError("Ray is not installed: pip install 'ray>=2.9'") from None
-    return ray
-
-
-# ---------------------------------------------------------------------------------------------
-# connecting
-
-
-def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
-    """Fail fast (ClusterError) when a host:port or ray://host:port address is unreachable."""
-    if address == "auto" or address.startswith("local"):
-        return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = parsed.hostname, parsed.port
-    if not host or not port:
-        raise ClusterError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ClusterError(
-            f"--address {address}: cannot reach {host}:{port} within "
-            f"{timeout_s:g}s ({e.strerror or e})"
-        ) from None
-
-
-@contextlib.contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
-    """Send fd 2 (and sys.stderr) to `path` while Ray starts, so its chatter lands in the log."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as f:
-        os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def _keep_sigterm_handler() -> Iterator[None]:
-    """`ray.init` replaces the SIGTERM handler with `sys.exit`; put back a handler the caller
-    installed (the CLI's turns SIGTERM into Ctrl-C: finished cells kept, exit 130, resume hint)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        if saved not in (None, signal.SIG_DFL):
-            signal.signal(signal.SIGTERM, saved)
-
-
-@dataclass
-class RayConnection:
-    """A connection made by `connect`; `close()` shuts down only what it started."""
-
-    started: bool
-    log_file: Path | None
-    handler: logging.Handler | None = None
-
-    def close(self) -> None:
-        if self.started:
-            ray = _import_ray()
-            if self.log_file is not None:
-                with _stderr_to(self.log_file):
-                    ray.shutdown()
-            else:
-                ray.shutdown()
-        if self.handler is not None:
-            logging.getLogger("ray").removeHandler(self.handler)
-            self.handler.close()
-
-
-def connect(address: str | None, log_file: Path | None) -> RayConnection:
-    """Join `address` (auto, HOST:PORT, ray://HOST:PORT; else $RAY_ADDRESS when set) or start a
-    new local Ray without a dashboard; Ray's own log lines go to `log_file`. Reuses an already
-    initialized Ray (and then leaves it running)."""
-    ray = _import_ray()
-    if ray.is_initialized():
-        return RayConnection(started=False, log_file=None)
-    handler = None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        ray_logger = logging.getLogger("ray")
-        ray_logger.addHandler(handler)
-        ray_logger.propagate = False
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-    try:
-        redirect = _stderr_to(log_file) if log_file is not None else contextlib.nullcontext()
-        with redirect, _keep_sigterm_handler():
-            if address:
-                ray.init(address=address, **kwargs)
-            elif os.environ.get("RAY_ADDRESS"):  # e.g. inside `ray job submit`: join that
-                ray.init(**kwargs)
-            else:  # "local": a new instance, never a stale cluster found in /tmp/ray
-                ray.init(address="local", include_dashboard=False, **kwargs)
-    except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
-        if handler is not None:
-            logging.getLogger("ray").removeHandler(handler)
-        where = f"--address {address}" if address else "local Ray"
-        raise ClusterError(
-            f"{where}: could not start or join Ray: {' '.join(str(e).split())[:300]}"
-        ) from None
-    return RayConnection(started=True, log_file=log_file, handler=handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +79,7 @@ class _Slot:
 
 
 def _start_actors(plan: WorkerPlan, backend: Any) -> list[_Slot]:
-    ray = _import_ray()
+    ray = import_ray()
     from workers.actor import RemoteCellActor
 
     handles = [
@@ -357,7 +233,7 @@ class Dispatcher:
         log.debug("worker %d: waiting for its restart", slot.index)
 
     def _restarted(self, ref: Any) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         slot = self.restarting.pop(ref)
         self.restart_deadlines.pop(ref, None)
         try:
@@ -389,7 +265,7 @@ class Dispatcher:
 
     # -- results ----------------------------------------------------------------------------
     def _finish(self, ref: Any, task: _Task) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         try:
             record = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
@@ -438,7 +314,7 @@ class Dispatcher:
             queue.extend(keep)
 
     def _check_timeouts(self) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         limit = self.workers.cell_timeout_s
         now = time.monotonic()
         for ref, task in list(self.inflight.items()):
@@ -457,7 +333,7 @@ class Dispatcher:
     # -- main loop --------------------------------------------------------------------------
     def run(self) -> None:
         """Run every cell; raises Interrupted on Ctrl-C/SIGTERM after saving what finished."""
-        ray = _import_ray()
+        ray = import_ray()
         for cell in self.cells:
             self._enqueue(_Task(cell=cell, attempt=self.first_attempt.get(cell.cell_id, 1)))
         plan = plan_workers(self.workers, ray.cluster_resources(), len(self.cells))
@@ -485,7 +361,7 @@ class Dispatcher:
                 ray.kill(slot.handle, no_restart=True)
 
     def _loop(self) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         while True:
             self._dispatch_idle()
             if not self.inflight and not any(self.queues.values()):
@@ -519,7 +395,7 @@ class Dispatcher:
 
     def _drain(self) -> None:
         """After an interrupt: keep what finishes within a short grace period."""
-        ray = _import_ray()
+        ray = import_ray()
         self.queues.clear()
         deadline = time.monotonic() + INTERRUPT_GRACE_S
         if self.inflight:

@@ -21,14 +21,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results import summary
 from orchestrator.errors import ClusterError, Interrupted
-from orchestrator.spec.grid import CellSpec, expand_cells
+from orchestrator.results import summary
 from orchestrator.run.manifest import Invocation, RunManifest
-from orchestrator.run.progress import LineProgress, Progress, reporting
 from orchestrator.run.plan import plan_cells
-from orchestrator.spec.job import JobSpec
+from orchestrator.run.progress import LineProgress, Progress, reporting
 from orchestrator.run.store import ResultStore
+from orchestrator.spec.grid import CellSpec, expand_cells
+from orchestrator.spec.job import JobSpec
 from workers.record import Status
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,8 @@ def _run(
     created: list[Path],
     run: _RunContext,
 ) -> None:
-    from orchestrator.run.dispatch import Dispatcher, connect
+    from orchestrator.run.cluster import connect
+    from orchestrator.run.dispatch import Dispatcher
 
     try:
         conn = connect(address, store.ray_log)
