@@ -121,8 +121,7 @@ def resolve(target: str | os.PathLike | Location) -> Location:
         return target
     text = os.fspath(target)
     if not is_uri(text):
-        if text.startswith("file://"):
-            text = text[len("file://") :]
+        text = text.removeprefix("file://")
         path = Path(text).expanduser().absolute()
         return Location(pafs.LocalFileSystem(), str(path), str(path))
     try:
