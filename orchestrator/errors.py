@@ -1,7 +1,9 @@
 """Errors raised by the orchestrator (driver side).
 
 Every user-facing error is a subclass of `OrchestratorError`; the CLI prints its one-line `str()`
-and exits with the error's `exit_code`, never with a traceback.
+and exits with the error's `exit_code`, never with a traceback. Exit codes: 1 some cells failed
+(not an error class), 2 bad input (spec, arguments, address, locked job, missing results),
+3 storage fault (StorageError), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -52,6 +54,23 @@ class ResultsError(OrchestratorError):
     """The results directory cannot be read (missing, empty)."""
 
     exit_code = 2
+
+
+class StorageError(OrchestratorError):
+    """The results store cannot be written or read: a full disk, a read-only mount, a file
+    where a directory belongs (or the reverse), a dangling symlink, a refused object-store
+    request. Names the path and the cause; finished rows stay.
+
+    >>> str(StorageError("results/sweep/_lock", "is a directory, expected a file"))
+    'results/sweep/_lock: is a directory, expected a file'
+    """
+
+    exit_code = 3
+
+    def __init__(self, path: str, cause: str):
+        self.path = path
+        self.cause = cause
+        super().__init__(f"{path}: {cause}")
 
 
 class Interrupted(OrchestratorError):
