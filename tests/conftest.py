@@ -56,3 +56,27 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto_server) on 127.0.0.1, started once per session and
+    stopped by pid; the AWS_* credentials it accepts are set for the session (and so inherited
+    by subprocesses). See tests/s3server.py."""
+    from tests import s3server
+
+    reason = s3server.available()
+    if reason:
+        pytest.skip(reason)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3server.CREDENTIALS.items():
+            mp.setenv(key, value)
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        with s3server.S3Server.start() as server:
+            yield server
+
+
+@pytest.fixture()
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on `s3_server`; its name."""
+    return s3_server.create_bucket()
