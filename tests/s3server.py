@@ -159,6 +159,4 @@ class S3Server:
         base = f"{bucket}/{prefix}".rstrip("/")
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         infos = self.filesystem().get_file_info(selector)
-        return sorted(
-            i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File
-        )
+        return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)

@@ -69,7 +69,11 @@ def test_endpoint_from_aws_endpoint_url(s3_server, s3_bucket, tmp_path):
     )
     env = {**os.environ, **s3_server.env(endpoint=True)}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
     assert out.returncode == 0, out.stderr

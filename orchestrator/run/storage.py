@@ -214,6 +214,12 @@ class Location:
                 raise
         return final
 
+    def put(self, name: str, data: bytes) -> None:
+        """One plain write of `name` (a single PUT on an object store, which replaces the
+        object atomically; locally a plain overwrite). For small control objects like the lock."""
+        with self._errors(name), self.fs.open_output_stream(self._full(name)) as f:
+            f.write(data)
+
     def delete_file(self, name: str, *, missing_ok: bool = False) -> None:
         try:
             with self._errors(name):
