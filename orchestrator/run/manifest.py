@@ -1,9 +1,13 @@
 """Run manifests: what each `submit` was asked to do, by whom, from which commit, and when.
 
 One small JSON file per run, beside the dataset: `<results>/<job>/_manifests/<run_id>.json`
-(the leading "_" keeps it out of `pyarrow.dataset.dataset(job_dir)`). It is written when the run
-starts (status "running") and rewritten when it ends ("finished", "interrupted" or "failed"),
-each time to a temporary name and renamed, so a reader never sees half a file.
+(the leading "_" keeps it out of `pyarrow.dataset.dataset(job_dir)`), on a local disk or an
+object store alike (through `orchestrator.run.storage.Location`). It is written when the run
+starts (status "running") and rewritten when it ends: "finished", "interrupted" (Ctrl-C,
+SIGTERM), "storage_error" (the results store failed: disk full, read-only, ...) or "failed"
+(any other error), each time atomically (temporary name, then the final one), so a reader never
+sees half a file. A driver that is SIGKILLed or crashes cannot say how it ended: the next submit
+of the job, holding the job's lock, marks its still-"running" manifest "killed".
 
     manifest = RunManifest.start(job_dir, run_id, job, invocation, cells_to_run=12, skipped=0)
     ...
@@ -31,8 +35,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.errors import StorageError
+from orchestrator.run.lock import holder_alive
+from orchestrator.run.storage import Location, resolve
+
 MANIFEST_DIR = "_manifests"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: pid, error; statuses storage_error and killed
+RUN_STATUSES = ("running", "finished", "interrupted", "storage_error", "failed", "killed")
 # manifest key -> column name and type in the joined table
 COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "run_id": ("run_id", pa.string()),
@@ -48,6 +57,7 @@ COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "cells_to_run": ("run_cells_to_run", pa.int64()),
     "cells_skipped": ("run_cells_skipped", pa.int64()),
     "spec": ("run_spec", pa.string()),
+    "error": ("run_error", pa.string()),
 }
 
 log = logging.getLogger(__name__)
@@ -99,29 +109,26 @@ def _git_state(commit: str | None) -> tuple[str | None, bool | None]:
     return commit.removesuffix("-dirty"), commit.endswith("-dirty")
 
 
-def atomic_write_json(path: Path, data: dict) -> None:
-    """Write JSON to `path` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _encode(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
 
 
 @dataclass
 class RunManifest:
     """The manifest of one run; `start` writes it, `finish` completes it."""
 
-    path: Path
+    location: Location  # the job's _manifests directory
+    name: str  # <run_id>.json
     data: dict
+
+    @property
+    def uri(self) -> str:
+        return f"{self.location.uri}/{self.name}"
 
     @classmethod
     def start(
         cls,
-        job_dir: Path,
+        job_dir: Location | Path | str,
         run_id: str,
         job: Any,
         invocation: Invocation | None = None,
@@ -131,7 +138,8 @@ class RunManifest:
         git_commit: str | None = None,
         address: str | None = None,
     ) -> RunManifest:
-        """Write `<job_dir>/_manifests/<run_id>.json` with status "running" and return it."""
+        """Write `<job_dir>/_manifests/<run_id>.json` with status "running" and return it;
+        StorageError when it cannot be written (nothing has run yet)."""
         invocation = invocation or Invocation()
         commit, dirty = _git_state(git_commit)
         data = {
@@ -149,38 +157,83 @@ class RunManifest:
             "git_commit": commit,
             "git_dirty": dirty,
             "hostname": socket.gethostname(),
+            "pid": os.getpid(),
             "python_version": platform.python_version(),
             "ray_address": address,
             "cells_to_run": cells_to_run,
             "cells_skipped": skipped,
             "statuses": {},
+            "error": None,
             "spec": spec_to_dict(job),
         }
-        manifest = cls(Path(job_dir) / MANIFEST_DIR / f"{run_id}.json", data)
-        manifest._write()
+        manifest = cls(resolve(job_dir) / MANIFEST_DIR, f"{run_id}.json", data)
+        manifest.location.write_atomic(manifest.name, _encode(data))
         return manifest
 
-    def finish(self, status: str, statuses: dict[str, int]) -> None:
-        """Record the end time, the final status and the count of cells per outcome."""
-        self.data.update(status=status, finished_at=_now(), statuses=dict(statuses))
-        self._write()
-
-    def _write(self) -> None:
+    def finish(self, status: str, statuses: dict[str, int], error: str | None = None) -> None:
+        """Record the end time, how the run ended (one of RUN_STATUSES), the count of cells per
+        outcome and, for storage_error/failed, the one-line reason."""
+        self.data.update(status=status, finished_at=_now(), statuses=dict(statuses), error=error)
         try:
-            atomic_write_json(self.path, self.data)
-        except OSError as e:  # the results matter more than their manifest
-            log.warning("could not write the run manifest %s: %s", self.path, e)
+            self.location.write_atomic(self.name, _encode(self.data))
+        except StorageError as e:  # the results (and the exit code) matter more
+            log.warning("could not write the run manifest %s: %s", self.uri, e.cause)
 
 
-def read_manifests(job_dir: Path) -> list[dict]:
+def read_manifests(job_dir: Location | Path | str) -> list[dict]:
     """The manifests in a job directory, oldest first (unreadable files are skipped)."""
+    return [data for _, data in _manifests(resolve(job_dir) / MANIFEST_DIR)]
+
+
+def _manifests(location: Location) -> list[tuple[str, dict]]:
     out = []
-    for path in sorted((Path(job_dir) / MANIFEST_DIR).glob("*.json")):
+    for info in location.list_files():
+        name = info.base_name
+        if name.startswith((".", "_")) or not name.endswith(".json"):
+            continue
         try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            log.warning("skipping unreadable manifest %s: %s", path, e)
+            data = json.loads(location.read_bytes(name))
+        except (OSError, StorageError, ValueError) as e:
+            log.warning("skipping unreadable manifest %s/%s: %s", location.uri, name, e)
+            continue
+        if isinstance(data, dict):
+            out.append((name, data))
     return out
+
+
+def mark_dead_runs(job_dir: Location | Path | str, current_run_id: str | None = None) -> list[str]:
+    """Mark "killed" every manifest of the job still saying "running" whose driver is gone;
+    call it holding the job's lock (which a live submit of the job would hold). A driver on
+    this host is gone when its pid is; one elsewhere, when it no longer holds the lock.
+    Returns the run ids marked."""
+    location = resolve(job_dir) / MANIFEST_DIR
+    marked = []
+    for name, data in _manifests(location):
+        if data.get("status") != "running" or data.get("run_id") == current_run_id:
+            continue
+        host, pid = data.get("hostname"), data.get("pid")
+        if holder_alive(host, pid):
+            continue
+        gone = (
+            f"pid {pid} on this host is not running"
+            if host == socket.gethostname()
+            else (f"its driver on {host} no longer holds the job lock")
+        )
+        data.update(
+            status="killed", error=f"the driver stopped without a word ({gone}); marked at {_now()}"
+        )
+        try:
+            location.write_atomic(name, _encode(data))
+        except StorageError as e:
+            log.warning("could not mark run %s as killed: %s", data.get("run_id"), e)
+            continue
+        marked.append(str(data.get("run_id")))
+    if marked:
+        log.info(
+            "earlier run(s) %s ended without finishing (driver killed); marked killed",
+            ", ".join(marked),
+        )
+    return marked
 
 
 def _cell(key: str, value: Any) -> Any:
