@@ -2,15 +2,19 @@
 
     table = load_results(Path("results/sweep"), latest=True)   # one row per cell
     rows = ok_rows(table)                                       # list of dicts, status ok
+    table = load_results(path, columns=["method", "decode_tok_s"], filter=pc.field("ok"))
 
 The query, pivot, compare and plot commands all read through here, so they agree on what "the
 latest attempt of a cell" is (an ok attempt wins over a later failed one, as in the summary) and
-on the derived columns they add.
+on the derived columns they add. Reads go through ResultStore.read (orchestrator/run/scan.py):
+only the asked columns are read, and unreadable or foreign files are named once and skipped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,11 +26,50 @@ from workers.record import Status
 
 MIB = 1024 * 1024
 PEAK_COLUMN = "peak_bytes"
+PEAK_SOURCES = ("peak_allocated_bytes", "peak_rss_growth_bytes")
+LATEST_KEYS = ("job_name", "cell_id", "status", "finished_at", "attempt")
+# What the summary tables read (orchestrator/results/summary.py and hardware.py): no raw lists;
+# `generated_ids` is fetched only for cells whose token hashes differ (ids_fetcher).
+SUMMARY_COLUMNS = (
+    "run_id",
+    "job_name",
+    "cell_id",
+    "attempt",
+    "status",
+    "error",
+    "will_retry",
+    "finished_at",
+    "method",
+    "batch_size",
+    "prompt_len",
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "dtype",
+    "model_tag",
+    "model_checkpoint",
+    "model_step",
+    "model_seed",
+    "decode_tok_s",
+    "ttft_ms",
+    "peak_allocated_bytes",
+    "peak_rss_growth_bytes",
+    "kv_cache_bytes",
+    "tokens_sha256",
+    "n_generated",
+    "device",
+    "gpu_name",
+    "accelerator_model",
+    "cpu_model",
+    "node_ip",
+    "hostname",
+)
 
 
 def job_dirs(path: Path) -> list[Path]:
-    """The job directories at `path`: itself when it holds results, else its subdirectories
-    that do; ResultsError when there are none."""
+    """The job directories at `path`: itself when it holds results files, else its
+    subdirectories that do (a job named like a part file is a job, not a file); ResultsError
+    when there are none."""
     path = Path(path)
     if not path.is_dir():
         raise ResultsError(f"{path}: no such results directory")
@@ -38,24 +81,111 @@ def job_dirs(path: Path) -> list[Path]:
     return found
 
 
-def load_results(path: Path, *, latest: bool = False, manifests: bool = False) -> pa.Table:
-    """All rows of the job(s) at `path` as one table, plus the derived `peak_bytes` column.
+def load_results(
+    path: Path,
+    *,
+    latest: bool = False,
+    manifests: bool = False,
+    columns: list[str] | tuple[str, ...] | None = None,
+    filter: pc.Expression | None = None,
+) -> pa.Table:
+    """Rows of the job(s) at `path` as one table, plus the derived `peak_bytes` column.
 
-    `latest`: keep only the latest attempt of each cell. `manifests`: add the `run_*` columns
-    of the run manifests (see orchestrator.run.manifest).
+    `latest`: keep only the latest attempt of each cell (decided before `filter`, which then
+    applies to the latest rows). `manifests`: add the `run_*` columns of the run manifests (see
+    orchestrator.run.manifest). `columns`: read only these (None: all); `filter`: a pyarrow
+    expression on stored columns, pushed down to the scan.
     """
+    read_cols = None
+    if columns is not None:
+        extra = [*(LATEST_KEYS if latest else ()), *(("run_id",) if manifests else ())]
+        if PEAK_COLUMN in columns:
+            extra += PEAK_SOURCES
+        read_cols = list(dict.fromkeys([*columns, *extra]))
     tables, runs = [], []
     for job_dir in job_dirs(path):
-        loaded = ResultStore(job_dir).require_results()
-        tables.append(loaded.table)
-        runs.extend(read_manifests(job_dir))
-    table = pa.concat_tables(tables, promote_options="permissive")
+        table = ResultStore(job_dir).read(read_cols, None if latest else filter).table
+        if table is None:
+            raise ResultsError(f"{job_dir}: no readable results files")
+        tables.append(table)
+        if manifests:
+            runs.extend(read_manifests(job_dir))
+    table = concat(tables)
     table = with_peak_bytes(table)
     if latest:
         table = latest_attempts(table)
+        if filter is not None:
+            table = table.filter(filter)
     if manifests:
         table = join_manifests(table, manifest_table(runs))
     return table
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables of several jobs as one (columns unified permissively)."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ResultsError(
+            f"the jobs' columns do not merge ({' '.join(str(e).split())[:200]}); "
+            "read one job directory at a time"
+        ) from None
+
+
+def results_schema(path: Path) -> pa.Schema:
+    """The unified schema of the job(s) at `path` (footers only), plus `peak_bytes`."""
+    schemas = [ResultStore(d).schema() for d in job_dirs(path)]
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    if PEAK_COLUMN not in schema.names and any(c in schema.names for c in PEAK_SOURCES):
+        schema = schema.append(pa.field(PEAK_COLUMN, pa.int64()))
+    return schema
+
+
+def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[list[dict], list[str]]:
+    """(rows with the SUMMARY_COLUMNS, the files skipped) of one job; ResultsError when it
+    holds no readable rows (unless `allow_empty`). Rows whose greedy tokens differ from another
+    method's in the same setting also get their `generated_ids` (read for those cells only)."""
+    store = ResultStore(job_dir)
+    loaded = store.read(SUMMARY_COLUMNS) if allow_empty else store.require_results(SUMMARY_COLUMNS)
+    rows = loaded.rows()
+    wanted = _mismatching_cells(rows)
+    if wanted:
+        ids = ids_fetcher(job_dir)(sorted(wanted))
+        for row in rows:
+            if row["cell_id"] in ids:
+                row["generated_ids"] = ids[row["cell_id"]]
+    return rows, loaded.bad_files
+
+
+def _mismatching_cells(rows: list[dict]) -> set[str]:
+    """Cells of ok rows whose `tokens_sha256` differs from another ok row's of the same
+    parameters apart from the method (a superset of the pairs the summary compares)."""
+    keys = SUMMARY_COLUMNS[9:19]  # batch_size ... model_seed
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get("status") == Status.OK.value and row.get("tokens_sha256"):
+            groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    out: set[str] = set()
+    for group in groups.values():
+        if len({r["tokens_sha256"] for r in group}) > 1:
+            out.update(r["cell_id"] for r in group)
+    return out
+
+
+def ids_fetcher(job_dir: Path) -> Callable[[list[str]], dict[str, Any]]:
+    """For summary.render(fetch_ids=...): cell_ids -> their ok rows' `generated_ids`."""
+
+    def fetch(cell_ids: list[str]) -> dict[str, Any]:
+        table = ResultStore(job_dir).fetch(["generated_ids", "status"], cell_ids).table
+        if table is None:
+            return {}
+        return {
+            r["cell_id"]: r["generated_ids"]
+            for r in table.to_pylist()
+            if r["status"] == Status.OK.value
+        }
+
+    return fetch
 
 
 def with_peak_bytes(table: pa.Table) -> pa.Table:

@@ -4,22 +4,29 @@
         --columns method,batch_size,prompt_len,decode_tok_s --sort=-decode_tok_s --limit 5
     query results/sweep --group-by method,batch_size --agg decode_tok_s:mean,ttft_ms:median
 
-Steps, in order: load (optionally only the latest attempt per cell, optionally with the run
-manifests joined), filter (`--where`, see orchestrator.results.where), group and aggregate
+Steps, in order: load (only the columns the query names; optionally only the latest attempt per
+cell, optionally with the run manifests joined), filter (`--where`, see orchestrator.results.where), group and aggregate
 (`Table.group_by`), sort, limit, select columns. Every name is checked against the table first;
-a mistake is a QueryError (exit 2) listing the available columns.
+a mistake is a QueryError (exit 2) listing the available columns. `query_results` checks the
+names against the files' footers first, reads only the columns the query uses, and hands a
+`--where` on stored columns to the dataset scanner (without `--latest`, which must pick the
+latest attempt before filtering).
 """
 
 from __future__ import annotations
 
+import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError
+from orchestrator.results.dataset import PEAK_COLUMN, job_dirs, load_results, results_schema
 from orchestrator.results.where import column_list, parse_where, unknown_column
+from orchestrator.run.manifest import manifest_table, read_manifests
 
 AGGREGATIONS: dict[str, str] = {  # name -> pyarrow hash aggregation
     "mean": "mean",
@@ -207,3 +214,48 @@ def run_query(table: pa.Table, spec: QuerySpec) -> pa.Table:
 def distinct(table: pa.Table, column: str) -> list:
     """The distinct non-null values of a column, sorted."""
     return sorted(v for v in pc.unique(table[column]).to_pylist() if v is not None)
+
+
+def query_results(
+    path: Path, spec: QuerySpec, *, latest: bool = False, manifests: bool = False
+) -> pa.Table:
+    """Load what `spec` needs from the job(s) at `path` and run it (see the module docstring)."""
+    schema = results_schema(path)
+    stored = set(schema.names) - {PEAK_COLUMN}
+    if manifests:
+        runs = manifest_table([m for d in job_dirs(path) for m in read_manifests(d)])
+        extra = [f for f in runs.schema if f.name not in schema.names]
+        schema = pa.schema([*schema, *extra])
+    expr = parse_where(spec.where, schema) if spec.where else None
+    _check(spec.group_by, schema, "--group-by column")
+    _check(tuple(c for c, _ in spec.agg if c != "*"), schema, "--agg column")
+    if not spec.group_by:  # with --group-by, --sort names the output columns
+        _check(tuple(sort_key(s)[0] for s in spec.sort), schema, "--sort column")
+    if spec.columns != ("all",):
+        _check(spec.columns, schema, "column")
+    columns = None if spec.columns == ("all",) else _needed(spec, schema)
+    where_names = _names_in(spec.where, schema) if spec.where else set()
+    if expr is not None and not latest and where_names <= stored:
+        try:
+            table = load_results(path, manifests=manifests, columns=columns, filter=expr)
+            return run_query(table, replace(spec, where=None))
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # the same filter on the loaded table names the problem
+    if columns is not None:
+        columns = [*columns, *sorted(where_names)]
+    table = load_results(path, latest=latest, manifests=manifests, columns=columns)
+    return run_query(table, spec)
+
+
+def _needed(spec: QuerySpec, schema: pa.Schema) -> list[str]:
+    """The columns a query outputs, groups, aggregates or sorts by."""
+    names = list(spec.columns) or [c for c in DEFAULT_COLUMNS if c in schema.names]
+    names += [*spec.group_by, *(c for c, _ in spec.agg if c != "*")]
+    names += [n for n in (sort_key(s)[0] for s in spec.sort) if n in schema.names]
+    return list(dict.fromkeys(names))
+
+
+def _names_in(text: str, schema: pa.Schema) -> set[str]:
+    """The schema's names that appear as words in `text` (a superset of those it uses)."""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    return {n for n in schema.names if n in words}

@@ -1,17 +1,19 @@
-"""The results dataset of one job: one Parquet file per finished cell attempt.
+"""The results dataset of one job: one Parquet file per finished cell attempt, compacted later.
 
 Layout of `<results>/<job name>/`:
 
-    part-<cell_id>-a<attempt>-<run_id>.parquet   one row each; together a Parquet dataset
+    part-<cell_id>-a<attempt>-<run_id>.parquet   one row each, written as each attempt ends
+    part-compact-<run>-<token>.parquet           many attempts' rows (orchestrator/run/compact.py)
     _traces/<cell_id>-a<attempt>.json            Chrome traces of profiled cells
     _ray/ray.log                                 Ray's driver-side log of each submit
     _lock                                        held by the running submit
+    _compaction.json                             only while a compaction step is in flight
 
 Files starting with "_" or "." are ignored by `pyarrow.dataset.dataset(job_dir)`, so the
 directory reads as a dataset with pyarrow, pandas, polars or DuckDB without this project. Each
 file is written to a temporary name and renamed, so a reader never sees a partial file and a
-killed driver loses only the cells still running. Unreadable (e.g. truncated) files are reported
-by name and skipped.
+killed driver loses only the cells still running. Reading (orchestrator/run/scan.py) reads only
+the asked columns; unreadable or foreign files are reported by name and skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -28,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orchestrator.errors import ResultsError, ResultsLockedError
+from orchestrator.run import storage
+from orchestrator.run.storage import Location
 from workers.record import Status
 
 log = logging.getLogger(__name__)
@@ -120,7 +124,7 @@ KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "cell_wall_s": _F64,
     "model_load_s": _F64,
 }
-_PART = re.compile(r"^part-.*\.parquet$")
+HISTORY_COLUMNS = ("cell_id", "attempt", "status", "will_retry", "finished_at")
 
 
 def _infer_type(value: Any) -> pa.DataType:
@@ -189,10 +193,14 @@ class LoadedResults:
 
 
 class ResultStore:
-    """Reads and writes the dataset in `job_dir` (see the module docstring)."""
+    """Reads and writes the dataset in `job_dir`, a path or a storage Location (see the module
+    docstring)."""
 
-    def __init__(self, job_dir: str | os.PathLike):
-        self.job_dir = Path(job_dir)
+    def __init__(self, job_dir: str | os.PathLike | Location):
+        self.location = storage.resolve(job_dir)
+        self.job_dir = (
+            Path(self.location.path) if self.location.is_local else self.location.uri
+        )
         self._lock_file = None
         self._reported: set[str] = set()  # unreadable files already warned about
 
@@ -205,10 +213,19 @@ class ResultStore:
     def ray_log(self) -> Path:
         return self.job_dir / "_ray" / "ray.log"
 
+    def display(self, name: str) -> str:
+        """How a file of the job is named to users: its local path, or its URI."""
+        return str(self.job_dir / name) if self.location.is_local else f"{self.job_dir}/{name}"
+
     def part_files(self) -> list[Path]:
-        if not self.job_dir.is_dir():
-            return []
-        return sorted(p for p in self.job_dir.iterdir() if _PART.match(p.name))
+        """Every `part-*.parquet` file (not directories), compacted or not."""
+        from orchestrator.run.scan import PART
+
+        return [
+            Path(self.display(i.base_name))
+            for i in self.location.list_files()
+            if PART.match(i.base_name)
+        ]
 
     # -- locking ----------------------------------------------------------------------------
     def lock(self) -> None:
@@ -248,92 +265,110 @@ class ResultStore:
         cell_id, attempt, run_id = record["cell_id"], record.get("attempt", 1), record["run_id"]
         trace = record.pop("trace_json", None)
         if trace:
-            self.traces_dir.mkdir(parents=True, exist_ok=True)
-            trace_path = self.traces_dir / f"{cell_id}-a{attempt}.json"
-            _atomic_write(trace_path, trace if isinstance(trace, bytes) else trace.encode())
-            record["trace_path"] = str(trace_path.relative_to(self.job_dir))
-        path = self.job_dir / f"part-{cell_id}-a{attempt}-{run_id}.parquet"
-        table = record_to_table(record)
-        self.job_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.job_dir / f".tmp-{path.name}"
-        pq.write_table(table, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-        return path
+            name = f"{cell_id}-a{attempt}.json"
+            (self.location / "_traces").write_atomic(
+                name, trace if isinstance(trace, bytes) else trace.encode()
+            )
+            record["trace_path"] = f"_traces/{name}"
+        name = f"part-{cell_id}-a{attempt}-{run_id}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(record_to_table(record), sink)
+        self.location.write_atomic(name, sink.getvalue().to_pybytes())
+        return Path(self.display(name))
+
+    # -- maintenance (hold the lock) --------------------------------------------------------
+    def recover(self) -> None:
+        """Finish or undo a compaction step a killed process left (see compact.py)."""
+        from orchestrator.run.compact import recover
+
+        recover(self.location)
+
+    def compact(self, **kwargs: Any):
+        """Compact the finished attempt files (see orchestrator.run.compact.compact)."""
+        from orchestrator.run.compact import compact
+
+        return compact(self, **kwargs)
 
     # -- reading ----------------------------------------------------------------------------
+    def read(
+        self,
+        columns: list[str] | tuple[str, ...] | None = None,
+        filter: pc.Expression | None = None,
+    ) -> LoadedResults:
+        """The rows (only `columns`, None for all; only those matching `filter`), each attempt
+        once; unreadable or foreign files are logged by name (once per store) and skipped."""
+        from orchestrator.run.scan import scan
+
+        result = scan(
+            self.location,
+            KNOWN_COLUMNS,
+            columns=None if columns is None else list(columns),
+            filter=filter,
+        )
+        self.report_bad(result.bad)
+        return LoadedResults(result.table, [self.display(name) for name, _ in result.bad])
+
+    def report_bad(self, bad: list[tuple[str, str]]) -> None:
+        """Warn once per store about each (file, reason) skipped."""
+        for name, reason in bad:
+            shown = self.display(name)
+            if shown not in self._reported:
+                self._reported.add(shown)
+                foreign = reason.startswith("not a results")
+                what = "results file" if foreign else "unreadable results file"
+                log.warning("skipping %s %s: %s", what, shown, reason)
+
     def load(self) -> LoadedResults:
-        """All readable rows; unreadable files are logged by name (once per store) and skipped."""
-        tables, bad = [], []
-        for path in self.part_files():
-            try:
-                tables.append(pq.read_table(path))
-            except Exception as e:  # noqa: BLE001 - truncated, not Parquet, unreadable
-                if str(path) not in self._reported:
-                    self._reported.add(str(path))
-                    log.warning(
-                        "skipping unreadable results file %s: %s",
-                        path,
-                        " ".join(str(e).split())[:200],
-                    )
-                bad.append(str(path))
-        if not tables:
-            return LoadedResults(None, bad)
-        return LoadedResults(pa.concat_tables(tables, promote_options="permissive"), bad)
+        """All readable rows, every column."""
+        return self.read()
+
+    def schema(self) -> pa.Schema:
+        """The unified schema of the readable files (reads footers only)."""
+        from orchestrator.run.scan import Files
+
+        return Files(self.location, KNOWN_COLUMNS, None).schema
+
+    def fetch(self, columns: list[str], cell_ids: list[str] | set[str]) -> LoadedResults:
+        """Given columns of the rows of given cells (plus `cell_id`, `run_id`, `attempt`), e.g.
+        `generated_ids` of the few cells whose token hashes differ."""
+        keys = ["cell_id", "run_id", "attempt"]
+        wanted = [*keys, *(c for c in columns if c not in keys)]
+        expr = pc.field("cell_id").isin(pa.array(sorted(set(cell_ids)), type=pa.string()))
+        return self.read(wanted, expr)
 
     def cell_history(self) -> dict[str, list[dict]]:
         """cell_id -> its rows' (attempt, status, will_retry, finished_at), oldest first."""
-        loaded = self.load()
+        table = self.read(HISTORY_COLUMNS).table
         history: dict[str, list[dict]] = {}
-        if loaded.table is None:
+        if table is None:
             return history
-        cols = [
-            c
-            for c in ("cell_id", "attempt", "status", "will_retry", "finished_at")
-            if c in loaded.table.column_names
-        ]
-        for row in loaded.table.select(cols).to_pylist():
+        cols = {name: table[name].to_pylist() for name in table.column_names}
+        names = list(cols)
+        for values in zip(*cols.values()):
+            row = dict(zip(names, values))
             history.setdefault(row["cell_id"], []).append(row)
         for rows in history.values():
-            rows.sort(
-                key=lambda r: (
-                    r.get("finished_at") is None,
-                    r.get("finished_at"),
-                    r.get("attempt") or 0,
+            if len(rows) > 1:
+                rows.sort(
+                    key=lambda r: (
+                        r.get("finished_at") is None,
+                        r.get("finished_at"),
+                        r.get("attempt") or 0,
+                    )
                 )
-            )
         return history
 
     def ok_cell_ids(self) -> set[str]:
         """Cells that already have an ok row (skipped on resume)."""
-        return {
-            cid
-            for cid, rows in self.cell_history().items()
-            if any(r["status"] == Status.OK.value for r in rows)
-        }
+        table = self.read(["cell_id"], pc.field("status") == Status.OK.value).table
+        return set() if table is None else set(table["cell_id"].to_pylist())
 
-    def require_results(self) -> LoadedResults:
-        """load(), or ResultsError when the directory holds no readable rows."""
-        if not self.job_dir.is_dir():
+    def require_results(self, columns: list[str] | tuple[str, ...] | None = None) -> LoadedResults:
+        """read(columns), or ResultsError when the directory holds no readable rows."""
+        if not self.location.is_dir():
             raise ResultsError(f"{self.job_dir}: no such results directory")
-        loaded = self.load()
+        loaded = self.read(columns)
         if loaded.table is None:
             raise ResultsError(f"{self.job_dir}: no readable results files")
         return loaded
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
