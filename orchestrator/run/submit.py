@@ -21,11 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ClusterError, Interrupted
+from orchestrator.errors import ClusterError, Interrupted, StorageError
 from orchestrator.results import summary
-from orchestrator.run.manifest import Invocation, RunManifest
+from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs
 from orchestrator.run.plan import plan_cells
 from orchestrator.run.progress import LineProgress, Progress, reporting
+from orchestrator.run.storage import storage_errors
 from orchestrator.run.store import ResultStore
 from orchestrator.spec.grid import CellSpec, expand_cells
 from orchestrator.spec.job import JobSpec
@@ -152,6 +153,7 @@ def submit_job(
     store = ResultStore(job_dir)
     store.lock()
     try:
+        mark_dead_runs(job_dir)  # under the lock: a "running" run of this job is a dead one
         mode = "all" if fresh else "failed" if rerun_failed else "resume"
         plan = plan_cells(cells, store.cell_history(), mode=mode)
         todo = plan.todo
@@ -204,7 +206,8 @@ def _run(
     from orchestrator.run.dispatch import Dispatcher
 
     try:
-        conn = connect(address, store.ray_log)
+        with storage_errors(str(store.ray_log.parent)):  # e.g. `_ray` is a file
+            conn = connect(address, store.ray_log)
     except ClusterError:
         store.unlock()
         if created and not store.part_files():  # leave no trace of a run that never started
@@ -218,17 +221,21 @@ def _run(
         )
     run_id = new_run_id()
     recorder = _Progress(store, job, todo, run_id, run.progress)
-    manifest = RunManifest.start(
-        store.job_dir,
-        run_id,
-        job,
-        run.invocation,
-        cells_to_run=len(todo),
-        skipped=run.skipped,
-        git_commit=recorder.commit,
-        address=address,
-    )
-    status = "failed"
+    try:
+        manifest = RunManifest.start(
+            store.job_dir,
+            run_id,
+            job,
+            run.invocation,
+            cells_to_run=len(todo),
+            skipped=run.skipped,
+            git_commit=recorder.commit,
+            address=address,
+        )
+    except StorageError:
+        conn.close()
+        raise
+    status, error = "failed", None
     try:
         with reporting(run.progress, total=run.total, skipped=run.skipped, to_run=len(todo)):
             Dispatcher(
@@ -247,8 +254,14 @@ def _run(
             f"interrupted: {saved} cell(s) finished in this run are saved in {store.job_dir}; "
             f"resume with: {resume_command(run.invocation)}"
         ) from None
+    except StorageError as e:  # disk full, read-only, ...: rows written so far stay
+        status, error = "storage_error", str(e)
+        raise
+    except Exception as e:
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        raise
     finally:
-        manifest.finish(status, recorder.statuses)
+        manifest.finish(status, recorder.statuses, error)
         conn.close()
 
 
