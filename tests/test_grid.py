@@ -4,13 +4,27 @@ cell_id stability."""
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.spec.grid import AXES, CellSpec, cell_id, expand_cells, parse_condition
-from orchestrator.spec.job import ModelSpec, parse_job_spec
+from orchestrator.cli import main
+from orchestrator.errors import SpecError
+from orchestrator.spec.grid import (
+    AXES,
+    AXIS_DEFAULTS,
+    CellSpec,
+    _make_cell,
+    cell_id,
+    count_cells,
+    expand_cells,
+    iter_cells,
+    parse_condition,
+    too_long,
+)
+from orchestrator.spec.job import GridSpec, JobSpec, ModelSpec, parse_job_spec
 from orchestrator.spec.overrides import apply_overrides
 from orchestrator.spec.source import Document
 
@@ -134,8 +148,12 @@ def test_cell_id_stable_across_key_order(params, identity, rnd):
 def test_exclude_removes_exactly_the_matching_cells(batches, prompts, op, bound):
     grid = {"batch_size": batches, "prompt_len": prompts}
     all_cells = expand_cells(job(grid=grid))
-    kept = expand_cells(job(grid=grid, exclude=[{"prompt_len": f"{op} {bound}"}]))
     cond = parse_condition("prompt_len", f"{op} {bound}", AXES["prompt_len"])
+    if all(cond.matches(p) for p in prompts):  # an exclude that empties the job is refused
+        with pytest.raises(SpecError, match=r"g\.yaml: exclude: removes every cell"):
+            job(grid=grid, exclude=[{"prompt_len": f"{op} {bound}"}])
+        return
+    kept = expand_cells(job(grid=grid, exclude=[{"prompt_len": f"{op} {bound}"}]))
     assert [c.cell_id for c in kept] == [c.cell_id for c in all_cells
                                          if not cond.matches(c.prompt_len)]
     assert len(all_cells) == len(batches) * len(prompts) * 2
@@ -151,3 +169,164 @@ def test_cells_independent_of_yaml_key_order(order):
     expected = {c.cell_id for c in expand_cells(job(grid=values))}
     assert ids == expected
     assert len(ids) == len(list(itertools.product(*values.values())))
+
+
+# ---------------------------------------------------------------------------------------------
+# lazy grids: the stream, the count and the per-axis length check equal a plain expansion
+
+
+def reference_cells(spec: JobSpec) -> list[CellSpec]:
+    """The eager expansion the lazy one replaced: the full product filtered by exclude, then the
+    include cells, deduplicated with a set of cell ids."""
+    cells = []
+    zipped = {axis for group in spec.grid.zip for axis in group}
+    for model in spec.models:
+        factors = []
+        for pos, axis in enumerate(AXES):
+            if axis not in zipped:
+                values = spec.grid.axes.get(axis, AXIS_DEFAULTS[axis])
+                if axis == "dtype":
+                    values = [model.dtype if v is None else v for v in values]
+                factors.append((pos, [{axis: v} for v in values]))
+        for group in spec.grid.zip:
+            n = len(next(iter(group.values())))
+            factors.append((min(list(AXES).index(a) for a in group),
+                            [{a: vs[i] for a, vs in group.items()} for i in range(n)]))
+        factors.sort(key=lambda f: f[0])
+        first = {}
+        for _, rows in factors:
+            first.update({k: v for k, v in rows[0].items() if k not in first})
+        for combo in itertools.product(*(rows for _, rows in factors)):
+            params = {k: v for part in combo for k, v in part.items()}
+            values = {**params, "model": model.tag}
+            if not any(all(c.matches(values[k]) for k, c in e.items())
+                       for e in spec.grid.exclude):
+                cells.append(_make_cell(spec, model, params))
+        for entry in spec.grid.include:
+            if entry.get("model", model.tag) == model.tag:
+                params = {**first, **{k: v for k, v in entry.items() if k in AXES}}
+                cells.append(_make_cell(spec, model, params))
+    seen, unique = set(), []
+    for cell in cells:
+        if cell.cell_id not in seen:
+            seen.add(cell.cell_id)
+            unique.append(cell)
+    return unique
+
+
+MODELS = (ModelSpec(tag="d[2,2]-h[64,128]", head_dim=32, sequence_len=3),
+          ModelSpec(tag="d[2]-h[64]", head_dim=32, sequence_len=2))
+small = st.lists(st.integers(1, 20), min_size=1, max_size=3, unique=True)
+comparison = st.builds(lambda op, v: f"{op} {v}", st.sampled_from(["<", ">=", "==", "!="]),
+                       st.integers(1, 20))
+
+
+@st.composite
+def lazy_jobs(draw) -> JobSpec:
+    models = draw(st.sampled_from([MODELS[:1], MODELS]))
+    axes = {"batch_size": tuple(draw(small)), "temperature": (0.0, 0.5)}
+    zip_groups: tuple = ()
+    if draw(st.booleans()):
+        n = draw(st.integers(1, 3))
+        zip_groups = ({"prompt_len": tuple(range(5, 5 + 10 * n, 10)),
+                       "max_tokens": tuple(draw(st.lists(st.integers(1, 30), min_size=n,
+                                                         max_size=n, unique=True)))},)
+    else:
+        axes.update(prompt_len=tuple(draw(small)), max_tokens=tuple(draw(small)))
+    exclude = []
+    for _ in range(draw(st.integers(0, 3))):
+        entry = {}
+        for axis in draw(st.lists(st.sampled_from(["batch_size", "prompt_len", "max_tokens",
+                                                   "method", "model"]), min_size=1,
+                                  max_size=3, unique=True)):
+            raw = (draw(st.sampled_from(["naive", "cached"])) if axis == "method"
+                   else draw(st.sampled_from([m.tag for m in models])) if axis == "model"
+                   else draw(comparison))
+            entry[axis] = parse_condition(axis, raw, AXES.get(axis, AXES["method"])
+                                          if axis != "model" else (lambda v: None))
+        exclude.append(entry)
+    include = [{"batch_size": draw(st.integers(1, 20)), "method": "cached"},
+               {"prompt_len": draw(st.integers(1, 20)), "model": models[-1].tag}][
+        :draw(st.integers(0, 2))]
+    return JobSpec(name="lazy", models=models, grid=GridSpec(
+        axes=axes, zip=zip_groups, include=tuple(include), exclude=tuple(exclude)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(lazy_jobs())
+def test_lazy_stream_count_and_length_check_equal_a_full_expansion(spec):
+    expected = reference_cells(spec)
+    assert [c.cell_id for c in iter_cells(spec)] == [c.cell_id for c in expected]
+    assert count_cells(spec) == len(expected)
+    long = [c for c in expected if c.total_len > c.model.max_len]
+    n_long, first = too_long(spec)
+    assert n_long == len(long)
+    assert (first is None) == (not long)
+    if first is not None:
+        assert first.cell_id in {c.cell_id for c in long}
+
+
+HUGE = {  # 100 x 100 x 100 x 10 x 2 methods = 20M grid cells, 12M kept (batch_size <= 60)
+    "batch_size": list(range(1, 101)), "prompt_len": list(range(1, 101)),
+    "max_tokens": list(range(1, 101)), "temperature": [i / 10 for i in range(10)]}
+
+
+def test_huge_grid_is_counted_sampled_and_checked_without_expanding():
+    tracemalloc.start()
+    spec = job(grid=HUGE, exclude=[{"batch_size": "> 60"}])
+    assert count_cells(spec) == 12_000_000
+    sample = list(itertools.islice(iter_cells(spec), 3))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000_000  # bytes: a list of 12M cells would take gigabytes
+    assert [(c.batch_size, c.temperature, c.method) for c in sample] == [
+        (1, 0.0, "naive"), (1, 0.0, "cached"), (1, 0.1, "naive")]
+    with pytest.raises(SpecError) as info:  # limit 10 x sequence_len = 100 tokens
+        job(grid=HUGE, model={**BASE["model"], "sequence_len": 10},
+            exclude=[{"batch_size": "> 60"}])
+    assert "cell 'd[2,2]-h[64,128] naive b=1 p=1 n=100' needs" in str(info.value)
+    # 5,050 of the 10,000 (prompt_len, max_tokens) pairs exceed 100, in 1,200 cells each
+    assert "(and 6,059,999 more)" in str(info.value)
+
+
+def test_exclude_that_excludes_the_long_cells_passes_the_length_check():
+    model = {**BASE["model"], "sequence_len": 10}  # limit 100 tokens
+    grid = {"prompt_len": [10, 85], "max_tokens": [10, 85]}
+    with pytest.raises(SpecError, match=r"p=85 n=85' needs .* 170 tokens .*\(and 1 more\)"):
+        job(model=model, grid=grid)
+    spec = job(model=model, grid=grid, exclude=[{"prompt_len": ">= 50", "max_tokens": ">= 50"}])
+    assert sorted(set(keyset(expand_cells(spec), "prompt_len", "max_tokens"))) == [
+        (10, 10), (10, 85), (85, 10)]
+
+
+def test_repeated_axis_values_are_refused_as_cell_identity_sees_them():
+    with pytest.raises(SpecError, match=r"grid\.temperature: repeated values in \[0, 0\.0\]"):
+        job(grid={"temperature": [0, 0.0]})
+
+
+def test_include_or_exclude_naming_a_model_the_job_lacks_is_refused():
+    with pytest.raises(SpecError) as info:
+        job(include=[{"batch_size": 2}, {"model": "d[4]-h[64]", "batch_size": 4}])
+    assert str(info.value) == (
+        "g.yaml: include[1].model: no model 'd[4]-h[64]' in this job "
+        "(its models: d[2,2]-h[64,128])")
+    with pytest.raises(SpecError, match=r"exclude\.model: no model 'd\[4\]-h\[64\]'"):
+        job(exclude={"model": "d[4]-h[64]"})
+    assert len(expand_cells(job(exclude={"model": "!= d[4]-h[64]", "method": "naive"}))) == 1
+
+
+def test_spec_file_errors_name_the_line_and_leave_no_results_dir(tmp_path, capsys):
+    spec = tmp_path / "empty.yaml"
+    spec.write_text("name: empty\nmodel: {tag: 'd[2]-h[64]', head_dim: 32}\n"
+                    "grid: {batch_size: [1, 2]}\nexclude:\n  - {batch_size: '<= 2'}\n")
+    results = tmp_path / "results"
+    assert main(["submit", str(spec), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"{spec}:4: exclude: removes every cell of the job; nothing would run\n"
+    assert not results.exists()
+    spec.write_text("name: other\nmodel: {tag: 'd[2]-h[64]', head_dim: 32}\n"
+                    "include:\n  - {model: 'd[2]-h[128]', batch_size: 8}\n")
+    assert main(["submit", str(spec), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{spec}:4: include[0].model: no model 'd[2]-h[128]'"), err
+    assert len(err.splitlines()) == 1 and not results.exists()

@@ -1,10 +1,14 @@
-"""Grid expansion: a job's axes, zip groups, include and exclude become a list of cells.
+"""Grid expansion: a job's axes, zip groups, include and exclude become a stream of cells.
 
 - axes (`grid:`) are combined as a Cartesian product; an axis left out takes its default;
 - each `zip:` group varies its axes together (equal-length lists);
 - `exclude:` entries drop product cells matching every key of the entry (a value, a list of
   values, or a comparison such as ">= 1024");
 - `include:` entries add cells; axes they leave out take the first value of that axis.
+
+The cells are produced lazily (`iter_cells`) and counted without producing them (`count_cells`),
+so a grid of millions of cells costs memory only for what is kept of it; `too_long` checks every
+cell's length the same way, per axis.
 
 Every cell has a `cell_id`: a hash of its canonical parameters and its model's identity, stable
 across key order and runs, used to resume.
@@ -17,15 +21,16 @@ across key order and runs, used to resume.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.spec import checks
+from orchestrator.spec.product import Product
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.spec.job import JobSpec, ModelSpec
@@ -52,6 +57,7 @@ AXIS_DEFAULTS: dict[str, tuple] = {
 MATCH_KEYS = ("model",)  # include/exclude may also name a model by tag
 NUMERIC_AXES = ("batch_size", "prompt_len", "max_tokens", "temperature", "top_k")
 CELL_ID_CHARS = 16
+DEFAULT_MAX_CELLS = 1_000_000  # submit refuses bigger jobs unless --max-cells raises it
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le,
@@ -161,7 +167,7 @@ class CellSpec:
             "memory_budget_bytes": self.memory_budget_bytes,
         }
 
-    @property
+    @cached_property  # a frozen dataclass has a __dict__; the hash is computed once per cell
     def cell_id(self) -> str:
         return cell_id(self.params(), self.model.identity())
 
@@ -199,6 +205,22 @@ def cell_id(params: dict, model_identity: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:CELL_ID_CHARS]
 
 
+def canonical(axis: str, value: Any) -> Any:
+    """The form of an axis value that decides cell identity (as `CellSpec.params` writes it):
+    temperature 0 and 0.0 are one value.
+
+    >>> canonical("temperature", 0) == canonical("temperature", 0.0), canonical("top_k", None)
+    (True, None)
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if axis == "temperature":
+        return float(value)
+    if axis in NUMERIC_AXES:
+        return int(value)
+    return value
+
+
 def _axis_values(job: JobSpec, model: ModelSpec, axis: str) -> tuple:
     values = job.grid.axes.get(axis, AXIS_DEFAULTS[axis])
     if axis == "dtype":
@@ -227,49 +249,106 @@ def _make_cell(job: JobSpec, model: ModelSpec, params: dict) -> CellSpec:
     )
 
 
-def _excluded(job: JobSpec, model: ModelSpec, params: dict) -> bool:
+def _product(job: JobSpec, model: ModelSpec) -> Product:
+    """The model's grid (axes and zip groups, method fastest) less its `exclude` entries."""
+    zipped = {axis for group in job.grid.zip for axis in group}
+    order = list(AXES)
+    factors = [
+        (order.index(axis), (axis,), [(v,) for v in _axis_values(job, model, axis)])
+        for axis in AXES
+        if axis not in zipped
+    ]
+    for group in job.grid.zip:
+        axes = tuple(group)
+        rows = list(zip(*(group[a] for a in axes)))
+        factors.append((min(order.index(a) for a in axes), axes, rows))
+    factors.sort(key=lambda f: f[0])
+    rules = []
     for entry in job.grid.exclude:
-        values = {**params, "model": model.tag}
-        if all(cond.matches(values[key]) for key, cond in entry.items()):
-            return True
-    return False
+        if "model" in entry and not entry["model"].matches(model.tag):
+            continue  # an entry for another model
+        rules.append({axis: cond.matches for axis, cond in entry.items() if axis != "model"})
+    return Product([(axes, rows) for _, axes, rows in factors], rules, key=canonical)
+
+
+def _included(job: JobSpec, model: ModelSpec, grid: Product) -> list[dict]:
+    """The model's `include` cells that are not already kept grid cells, without repeats."""
+    out: list[dict] = []
+    seen: set = set()
+    for entry in job.grid.include:
+        if "model" in entry and entry["model"] != model.tag:
+            continue
+        params = _first_values(job, model)
+        params.update({k: v for k, v in entry.items() if k in AXES})
+        key = tuple(canonical(a, params[a]) for a in AXES)
+        if key not in seen and not grid.contains(params):
+            seen.add(key)
+            out.append(params)
+    return out
+
+
+def iter_cells(job: JobSpec) -> Iterator[CellSpec]:
+    """The job's cells, one at a time, models outermost, then each model's grid in product order
+    (method fastest), then its `include` cells; each cell once.
+
+    Nothing is expanded ahead: the grid is walked lazily (see orchestrator/spec/product.py) and
+    no set of cell ids is kept, since grid axes hold no repeated values (checked when the spec is
+    parsed) and include cells are matched against the grid by membership."""
+    for model in job.models:
+        grid = _product(job, model)
+        for params in grid.cells():
+            yield _make_cell(job, model, params)
+        for params in _included(job, model, grid):
+            yield _make_cell(job, model, params)
+
+
+def count_cells(job: JobSpec) -> int:
+    """How many cells `iter_cells` yields, computed without producing them."""
+    total = 0
+    for model in job.models:
+        grid = _product(job, model)
+        total += grid.count() + len(_included(job, model, grid))
+    return total
 
 
 def expand_cells(job: JobSpec) -> list[CellSpec]:
-    """All cells of a job, models outermost, deduplicated by cell_id, in a stable order."""
-    cells: list[CellSpec] = []
-    zipped = {axis for group in job.grid.zip for axis in group}
+    """All cells of a job as a list (`iter_cells`); for small jobs and tests."""
+    return list(iter_cells(job))
+
+
+def too_long(job: JobSpec) -> tuple[int, CellSpec | None]:
+    """Cells whose prompt + new tokens exceed their model's limit: how many, and the first found.
+
+    Counted per model from the prompt_len and max_tokens axes, without expanding the grid."""
+    count, first = 0, None
     for model in job.models:
-        factors: list[tuple[int, list[dict]]] = []
-        for pos, axis in enumerate(AXES):
-            if axis not in zipped:
-                factors.append((pos, [{axis: v} for v in _axis_values(job, model, axis)]))
-        for group in job.grid.zip:
-            pos = min(list(AXES).index(axis) for axis in group)
-            n = len(next(iter(group.values())))
-            factors.append((pos, [{a: vs[i] for a, vs in group.items()} for i in range(n)]))
-        factors.sort(key=lambda f: f[0])
-        for combo in itertools.product(*(f[1] for f in factors)):
-            params = {k: v for part in combo for k, v in part.items()}
-            if params["dtype"] is None:
-                params["dtype"] = model.dtype
-            if not _excluded(job, model, params):
-                cells.append(_make_cell(job, model, params))
-        for entry in job.grid.include:
-            if "model" in entry and entry["model"] != model.tag:
-                continue
-            params = _first_values(job, model)
-            params.update({k: v for k, v in entry.items() if k in AXES})
-            cells.append(_make_cell(job, model, params))
-    seen: set = set()
-    unique = []
-    for cell in cells:
-        if cell.cell_id not in seen:
-            seen.add(cell.cell_id)
-            unique.append(cell)
-    return unique
+        grid = _product(job, model)
+        n, params = grid.sum_over("prompt_len", "max_tokens", model.max_len)
+        count += n
+        if first is None and params is not None:
+            first = _make_cell(job, model, params)
+        for params in _included(job, model, grid):
+            if params["prompt_len"] + params["max_tokens"] > model.max_len:
+                count += 1
+                if first is None:
+                    first = _make_cell(job, model, params)
+    return count, first
 
 
-def cells_too_long(cells: list[CellSpec]) -> list[CellSpec]:
+def cells_too_long(cells: Iterable[CellSpec]) -> list[CellSpec]:
     """Cells whose prompt + new tokens exceed their model's limit."""
     return [c for c in cells if c.total_len > c.model.max_len]
+
+
+def cell_limit_error(count: int, max_cells: int) -> str | None:
+    """Why a job of `count` cells is refused under the limit `max_cells`, or None.
+
+    >>> cell_limit_error(2_000_000, 1_000_000)
+    'the job has 2,000,000 cells, more than the limit of 1,000,000; raise it with --max-cells 2000000 (or max_cells= in submit_job)'
+    """
+    if count <= max_cells:
+        return None
+    return (
+        f"the job has {count:,} cells, more than the limit of {max_cells:,}; raise it with "
+        f"--max-cells {count} (or max_cells= in submit_job)"
+    )

@@ -22,9 +22,10 @@ from orchestrator.spec.grid import (
     AXIS_DEFAULTS,
     MATCH_KEYS,
     Condition,
-    cells_too_long,
-    expand_cells,
+    canonical,
+    count_cells,
     parse_condition,
+    too_long,
 )
 from orchestrator.spec.overrides import apply_overrides
 from orchestrator.spec.source import Document, did_you_mean
@@ -240,23 +241,45 @@ def parse_job_spec(doc: Document, default_name: str = "job") -> JobSpec:
 
 
 def _check_lengths(doc: Document, job: JobSpec) -> None:
-    """Refuse a cell whose prompt + new tokens exceed its model's limit (naming the cell)."""
-    too_long = cells_too_long(expand_cells(job))
-    if not too_long:
+    """Refuse a cell whose prompt + new tokens exceed its model's limit (naming the cell), and a
+    grid that `exclude` empties. Both are counted per axis, never by expanding the grid."""
+    _check_partial_models(doc, job)
+    if job.grid.exclude and count_cells(job) == 0:
+        raise doc.error(("exclude",), "removes every cell of the job; nothing would run")
+    n_long, cell = too_long(job)
+    if cell is None:
         return
-    cell = too_long[0]
     path: tuple = ("grid",)
     for candidate in (("grid", "prompt_len"), ("grid", "max_tokens"), ("zip",), ("include",)):
         if candidate in doc.origins:
             path = candidate
             break
-    more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+    more = f" (and {n_long - 1:,} more)" if n_long > 1 else ""
     raise doc.error(
         path,
         f"cell '{cell.label()}' needs prompt_len + max_tokens = "
         f"{cell.total_len} tokens but model {cell.model.tag} allows at most "
         f"{cell.model.max_len} ({ROTARY_LEN_FACTOR} x sequence_len){more}",
     )
+
+
+def _check_partial_models(doc: Document, job: JobSpec) -> None:
+    """An include/exclude entry naming a model the job does not have would be dropped silently."""
+    tags = [m.tag for m in job.models]
+    for key, entries in (("include", job.grid.include), ("exclude", job.grid.exclude)):
+        for i, entry in enumerate(entries):
+            named = entry.get("model")
+            if isinstance(named, Condition):  # exclude: a value, a list or "== tag"
+                if named.op not in ("==", "in") or any(named.matches(t) for t in tags):
+                    continue
+                named = named.value
+            elif named is None or named in tags:
+                continue
+            path = (key,) if isinstance(doc.data.get(key), dict) else (key, i)
+            raise doc.error(
+                path + ("model",),
+                f"no model {named!r} in this job (its models: {', '.join(tags)})",
+            )
 
 
 def _check(doc: Document, path: tuple, check: checks.Check, value: Any) -> None:
@@ -500,7 +523,7 @@ def _parse_axis_values(doc: Document, path: tuple, axis: str, values: Any) -> tu
         raise doc.error(path, "empty axis; give at least one value")
     for i, value in enumerate(values):
         _check(doc, path + (i,), AXES[axis], value)
-    if len(set(map(repr, values))) != len(values):
+    if len({canonical(axis, v) for v in values}) != len(values):  # 0 and 0.0 are one value
         raise doc.error(path, f"repeated values in {values!r}")
     return tuple(values)
 
