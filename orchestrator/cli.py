@@ -1,9 +1,10 @@
 """Command line: `python -m orchestrator submit SPEC ...` and `python -m orchestrator summarize DIR`.
 
     submit SPEC [--results DIR] [--address ADDR] [--set K=V ...] [--dry-run]
-                [--rerun failed | --fresh]
+                [--rerun failed | --fresh] [--continue-run RUN_ID] [--max-cells N]
         runs the cells never run (or stopped mid-retry); --rerun failed also those whose latest
-        attempt failed; --fresh every cell (see orchestrator/run/plan.py, docs/failures.md)
+        attempt failed; --fresh every cell (see orchestrator/run/plan.py, docs/failures.md);
+        --continue-run what an interrupted run left; refuses jobs over --max-cells (1,000,000)
         exit 0: every cell ok; 1: some cells failed (the rest are saved);
         2: invalid spec or arguments (nothing run, no results directory created);
         130: interrupted (finished cells saved; the command it prints resumes).
@@ -16,6 +17,7 @@ Progress and diagnostics go to stderr (logging); tables and cell lists go to std
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import signal
 import sys
@@ -25,12 +27,18 @@ from tabulate import tabulate
 
 from orchestrator import results_cli
 from orchestrator.errors import Interrupted, OrchestratorError, ResultsError, SpecError
-from orchestrator.results import summary
+from orchestrator.results.dataset import summary_rows
 from orchestrator.run.store import ResultStore
-from orchestrator.spec.grid import expand_cells
+from orchestrator.spec.grid import (
+    DEFAULT_MAX_CELLS,
+    cell_limit_error,
+    count_cells,
+    iter_cells,
+)
 from orchestrator.spec.job import load_job_spec
 
 log = logging.getLogger("orchestrator")
+DRY_RUN_SAMPLE = 20  # cells a --dry-run lists
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, value parsed as YAML "
         "(e.g. --set measure.repeats=5 --set grid.batch_size=[1,8])",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the cells and run nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"print the cell count, the first {DRY_RUN_SAMPLE} cells and the checks; run nothing",
+    )
+    p.add_argument(
+        "--max-cells",
+        type=_positive_int,
+        default=DEFAULT_MAX_CELLS,
+        metavar="N",
+        help=f"refuse a job of more than N cells (default {DEFAULT_MAX_CELLS:,})",
+    )
+    p.add_argument(
+        "--continue-run",
+        default=None,
+        metavar="RUN_ID",
+        help="continue an interrupted run: the cells it was to run and did not finish, under "
+        "its run_id (the command an interrupted --fresh or --rerun submit prints)",
+    )
     again = p.add_mutually_exclusive_group()
     again.add_argument(
         "--rerun",
@@ -94,8 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("results_dir", help="a job's results directory (or a results root)")
     results_cli.add_summarize_options(s)
+    c = sub.add_parser(
+        "compact",
+        parents=[common],
+        help="rewrite a job's one-file-per-attempt rows into a few large files "
+        "(also done after a submit)",
+    )
+    c.add_argument("results_dir", help="a job's results directory (or a results root)")
     results_cli.register(sub, parents=[common])
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
@@ -128,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
             return _submit(args)
         if args.command in results_cli.COMMANDS:
             return results_cli.run(args)
+        if args.command == "compact":
+            from orchestrator.run.compact import compact_path
+
+            for line in compact_path(Path(args.results_dir)):
+                print(line)
+            return 0
         if results_cli.wants_pivot(args):
             return results_cli.summarize_pivot(args)
-        return _summarize(Path(args.results_dir))
+        return _summarize(Path(args.results_dir), args)
     except OrchestratorError as e:
         print(str(e) if isinstance(e, (SpecError, Interrupted)) else f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -140,43 +189,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    job = load_job_spec(args.spec, args.overrides)
-    cells = expand_cells(job)
+    job = load_job_spec(args.spec, args.overrides, worker_memory_bytes=_local_cpu_memory(args))
     if args.dry_run:
-        rows = [
-            [
-                c.cell_id,
-                c.model.tag,
-                c.method,
-                c.batch_size,
-                c.prompt_len,
-                c.max_tokens,
-                c.temperature,
-                c.top_k,
-                c.dtype,
-            ]
-            for c in cells
-        ]
-        print(
-            tabulate(
-                rows,
-                headers=[
-                    "cell_id",
-                    "model",
-                    "method",
-                    "batch_size",
-                    "prompt_len",
-                    "max_tokens",
-                    "temperature",
-                    "top_k",
-                    "dtype",
-                ],
-                tablefmt="simple",
-                disable_numparse=True,
-            )
-        )
-        print(f"{len(cells)} cells (dry run: nothing was run)")
-        return 0
+        return _dry_run(job, args.max_cells)
     if args.address:
         from orchestrator.run.cluster import check_address
 
@@ -191,17 +206,51 @@ def _submit(args: argparse.Namespace) -> int:
             address=args.address,
             fresh=args.fresh,
             rerun_failed=args.rerun == "failed",
+            max_cells=args.max_cells,
+            continue_run=args.continue_run,
             **results_cli.submit_options(args),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(summary.render(outcome.rows, title=f"{job.name}: {outcome.job_dir}"))
+    print(results_cli.summary_text(outcome.rows, f"{job.name}: {outcome.job_dir}", args))
     results_cli.after_submit(args, outcome.job_dir)
     log.info("%s", outcome.summary_line())
     return outcome.exit_code
 
 
-def _summarize(results_dir: Path) -> int:
+def _dry_run(job, max_cells: int) -> int:
+    """Print the job's first cells, their count and the checks' outcome; run nothing.
+
+    The cells are streamed and counted without expanding the grid, so this takes seconds and
+    little memory even for millions of cells."""
+    total = count_cells(job)
+    sample = list(itertools.islice(iter_cells(job), DRY_RUN_SAMPLE))
+    headers = ["cell_id", "model", "method", "batch_size", "prompt_len", "max_tokens",
+               "temperature", "top_k", "dtype"]
+    rows = [[c.cell_id, c.model.tag, *(getattr(c, h) for h in headers[2:])] for c in sample]
+    print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    if total > len(sample):
+        print(f"... {total - len(sample):,} more")
+    print(f"{total:,} cells (dry run: nothing was run)")
+    refusal = cell_limit_error(total, max_cells)
+    if refusal:
+        raise SpecError(job.source, "", refusal)
+    print(f"checks passed: the spec is valid, every cell fits its model's length limit, "
+          f"{total:,} cells <= --max-cells {max_cells:,}")
+    return 0
+
+
+def _local_cpu_memory(args: argparse.Namespace) -> int | None:
+    """This machine's RAM when the cells will run here on CPU workers (no --address, no GPU, not
+    a dry run): cells that cannot fit in it are refused before anything runs (spec/fits.py)."""
+    from orchestrator.spec import memory
+
+    if args.dry_run or args.address or memory.local_gpus_visible():
+        return None
+    return memory.host_memory_bytes()
+
+
+def _summarize(results_dir: Path, args: argparse.Namespace | None = None) -> int:
     if not results_dir.is_dir():
         raise ResultsError(f"{results_dir}: no such results directory")
     job_dirs = (
@@ -212,13 +261,13 @@ def _summarize(results_dir: Path) -> int:
     if not job_dirs:
         raise ResultsError(f"{results_dir}: no results files found")
     for i, job_dir in enumerate(job_dirs):
-        loaded = ResultStore(job_dir).require_results()
+        rows, bad_files = summary_rows(job_dir)  # only the columns the tables show
         if i:
             print()
-        print(summary.render(loaded.rows(), title=str(job_dir)))
-        if loaded.bad_files:
+        print(results_cli.summary_text(rows, str(job_dir), args))
+        if bad_files:
             print(
-                f"skipped {len(loaded.bad_files)} unreadable file(s): "
-                + ", ".join(Path(f).name for f in loaded.bad_files)
+                f"skipped {len(bad_files)} unreadable file(s): "
+                + ", ".join(Path(f).name for f in bad_files)
             )
     return 0

@@ -24,10 +24,11 @@ import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError
 from orchestrator.results import compare as compare_mod
+from orchestrator.results import summary
 from orchestrator.results.dataset import load_results
 from orchestrator.results.formats import FORMATS, render
 from orchestrator.results.pivot import COMBINE, PivotSpec, parse_ratio, pivot
-from orchestrator.results.query import QuerySpec, parse_agg, run_query, split_list
+from orchestrator.results.query import QuerySpec, parse_agg, query_results, split_list
 from orchestrator.run.manifest import Invocation
 from orchestrator.run.progress import MODES, make_progress
 from workers.record import Status
@@ -100,7 +101,28 @@ def add_summarize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--values", help=f"the metric in the cells (default {d.values})")
     parser.add_argument("--ratio", help="add the ratio of two column values, e.g. cached/naive")
     parser.add_argument("--agg", choices=tuple(COMBINE), default="mean", help="combine duplicates")
+    _wide_option(parser)
     _format_option(parser)
+
+
+def _wide_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="summary tables on one line per row, every column (default: fit the terminal)",
+    )
+
+
+def summary_text(rows: list[dict], title: str, args: argparse.Namespace | None = None) -> str:
+    """The summary of `rows` as `summarize`/`submit` print it: fitted to the terminal, one line
+    per row with --wide, or the table's data with --format csv/json/markdown (whose notes, such
+    as mixed hardware or mixed runs, go to stderr)."""
+    fmt = getattr(args, "format", "table")
+    if fmt == "table":
+        return summary.render(rows, title=title, wide=bool(getattr(args, "wide", False)))
+    for note in summary.notes(rows):
+        print(note, file=sys.stderr)
+    return render(summary.records(rows), fmt)
 
 
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +134,7 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
         help="auto: a live bar when stderr is a terminal, else one line per cell",
     )
     parser.add_argument("--plot", action="store_true", help="write the plots when the run ends")
+    _wide_option(parser)
 
 
 def submit_options(args: argparse.Namespace) -> dict:
@@ -169,8 +192,10 @@ def _query(args: argparse.Namespace) -> int:
         sort=split_list(args.sort),
         limit=args.limit,
     )
-    table = load_results(Path(args.results_dir), latest=args.latest, manifests=args.join_manifest)
-    print(render(run_query(table, spec), args.format))
+    table = query_results(
+        Path(args.results_dir), spec, latest=args.latest, manifests=args.join_manifest
+    )
+    print(render(table, args.format))
     return 0
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from orchestrator.results.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
 from orchestrator.errors import QueryError, ResultsError
+from orchestrator.results.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
 from orchestrator.results.query import distinct
 from workers.record import MODEL_KEYS, PARAM_KEYS
 

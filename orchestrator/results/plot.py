@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import MissingDependencyError, QueryError
 from orchestrator.results.compare import MATCH_CANDIDATES, order_key
 from orchestrator.results.dataset import PEAK_COLUMN, job_dirs, load_results, ok_rows
-from orchestrator.errors import MissingDependencyError, QueryError
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024

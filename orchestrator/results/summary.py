@@ -1,24 +1,30 @@
 """Summary tables from result rows (plain dicts): one table per model.
 
+    print(render(rows, title="sweep"))              # fits the terminal (blocks of columns)
+    print(render(rows, title="sweep", wide=True))   # one line per row, every column
+    records(rows)                                   # the same data as dicts (csv/json/markdown)
+
 Rows are (batch_size, prompt_len, max_tokens) plus any other parameter that varies; columns are
-decode tokens/s per method, the cached/naive speedup, TTFT, peak memory, and whether the greedy
-tokens of naive and cached matched. Only the latest attempt of each cell counts.
+decode tokens/s per method, each method's speedup over naive, TTFT, peak memory, and whether
+its greedy tokens matched naive's. Only the latest attempt of each cell counts.
+
+A speedup divides two measurements, so it is computed only when both ran on one hardware
+identity (orchestrator/results/hardware.py); otherwise the cell says "mixed hw" and a note
+names the hardware. Token matches are decided from `tokens_sha256` and `n_generated`; the
+generated ids are needed only to name the first mismatching token, and `fetch_ids` can supply
+them for just the mismatching cells (rows read without the `generated_ids` column).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any
+import textwrap
+from collections import Counter, OrderedDict
 
 from tabulate import tabulate
 
+from orchestrator.results.layout import fit, terminal_width
+from orchestrator.results.model_table import ROW_KEYS, FetchIds, ModelTable, build, where_text
 from workers.record import Status
-
-ROW_KEYS = ("batch_size", "prompt_len", "max_tokens")
-EXTRA_KEYS = ("dtype", "temperature", "top_k")
-METHOD_ORDER = ("naive", "cached", "cached_graph")
-BASELINE = "naive"  # speedups and token matches are against the oracle
-MIB = 1024 * 1024
 
 
 def latest_rows(rows: list[dict]) -> list[dict]:
@@ -47,128 +53,78 @@ def _model_label(row: dict) -> str:
     return f"{row.get('model_tag')} ({ckpt} step {row.get('model_step')})"
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _peak_mib(row: dict) -> float | None:
-    """Peak device memory allocated (GPU), else the process's peak RSS growth (CPU)."""
-    for key in ("peak_allocated_bytes", "peak_rss_growth_bytes"):
-        value = row.get(key)
-        if value is not None:
-            return value / MIB
-    return None
-
-
-def _match(by_method: dict, method: str = "cached") -> str:
-    naive, cached = by_method.get(BASELINE), by_method.get(method)
-    if not naive or not cached:
-        return "-"
-    if (naive.get("temperature") or 0) != 0:
-        return "n/a (sampled)"
-    a, b = naive.get("tokens_sha256"), cached.get("tokens_sha256")
-    if a is None or b is None:
-        return "-"
-    if a == b:
-        return "yes"
-    pos = first_mismatch(naive.get("generated_ids"), cached.get("generated_ids"))
-    return f"NO (from token {pos})" if pos is not None else "NO"
-
-
-def first_mismatch(a: list | None, b: list | None) -> int | None:
-    """First generated-token index where any row of two id matrices differ (None if unknown).
-
-    >>> first_mismatch([[1, 2, 3]], [[1, 2, 4]])
-    2
-    """
-    if not a or not b or len(a) != len(b):
-        return None
-    width = max(max(len(x), len(y)) for x, y in zip(a, b))
-    for i in range(width):
-        if any(i >= len(x) or i >= len(y) or x[i] != y[i] for x, y in zip(a, b)):
-            return i
-    return None
-
-
-def model_tables(rows: list[dict]) -> list[tuple[str, str]]:
-    """[(model label, table text)] for the ok rows."""
+def model_tables(rows: list[dict], fetch_ids: FetchIds | None = None) -> list[ModelTable]:
+    """One ModelTable per model, from the ok rows among the latest attempts."""
     ok = [r for r in latest_rows(rows) if r.get("status") == Status.OK.value]
     by_model: OrderedDict[str, list[dict]] = OrderedDict()
     for row in sorted(ok, key=lambda r: (_model_label(r), *(r.get(k) or 0 for k in ROW_KEYS))):
         by_model.setdefault(_model_label(row), []).append(row)
+    return [build(label, rs, fetch_ids) for label, rs in by_model.items()]
+
+
+def records(rows: list[dict], fetch_ids: FetchIds | None = None) -> list[dict]:
+    """Every model table's rows as dicts (model, key columns, hardware, every metric column)."""
     out = []
-    for label, model_rows in by_model.items():
-        extras = [k for k in EXTRA_KEYS if len({repr(r.get(k)) for r in model_rows}) > 1]
-        keys = (*ROW_KEYS, *extras)
-        methods = [m for m in METHOD_ORDER if any(r.get("method") == m for r in model_rows)]
-        methods += sorted({r.get("method") for r in model_rows} - set(methods))
-        groups: OrderedDict[tuple, dict] = OrderedDict()
-        for row in model_rows:
-            groups.setdefault(tuple(row.get(k) for k in keys), {})[row.get("method")] = row
-        headers = [*keys, *(f"decode tok/s {m}" for m in methods)]
-        # Each cached method against the naive oracle: its speedup and whether its tokens match.
-        versus = [m for m in methods if m != BASELINE] if BASELINE in methods else []
-        suffix = (lambda m: "") if versus == ["cached"] else (lambda m: f" {m}")
-        headers += [f"speedup{suffix(m)}" for m in versus]
-        headers += [*(f"TTFT ms {m}" for m in methods), *(f"peak MiB {m}" for m in methods)]
-        kv_method = next((m for m in methods if m != BASELINE), None)
-        if kv_method:
-            headers.append("KV MiB")
-        headers += [f"tokens match{suffix(m)}" for m in versus]
-        table = []
-        for key, by_method in groups.items():
-            line = list(key)
-            line += [_fmt((by_method.get(m) or {}).get("decode_tok_s")) for m in methods]
-            n = (by_method.get(BASELINE) or {}).get("decode_tok_s")
-            for m in versus:
-                c = (by_method.get(m) or {}).get("decode_tok_s")
-                line.append(f"{c / n:.2f}x" if n and c else "-")
-            line += [_fmt((by_method.get(m) or {}).get("ttft_ms"), 2) for m in methods]
-            line += [_fmt(_peak_mib(by_method.get(m) or {})) for m in methods]
-            if kv_method:
-                kv = (by_method.get(kv_method) or {}).get("kv_cache_bytes")
-                line.append(_fmt(None if kv is None else kv / MIB, 2))
-            line += [_match(by_method, m) for m in versus]
-            table.append(line)
-        out.append(
-            (label, tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
-        )
+    for table in model_tables(rows, fetch_ids):
+        n = len(table.columns[0].values) if table.columns else 0
+        for i in range(n):
+            line: dict = {"model": table.label, "hardware": table.row_hardware[i]}
+            for col in table.columns:
+                value = col.raw[i] if col.raw is not None else col.values[i]
+                line[col.wide] = value
+            out.append(line)
     return out
 
 
-def failure_table(rows: list[dict]) -> str | None:
-    """A table of cells whose latest attempt did not succeed, or None."""
+def _wide(table: ModelTable) -> str:
+    body = list(zip(*(col.values for col in table.columns)))
+    return tabulate(
+        body,
+        headers=[col.wide for col in table.columns],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
+
+
+FAILURE_HEADERS = (
+    "cell_id",
+    "model",
+    "method",
+    "batch_size",
+    "prompt_len",
+    "max_tokens",
+    "status",
+    "attempt",
+    "error",
+)
+ERROR_LINES = 3  # lines of a failed cell's error in the terminal form
+
+
+def failure_table(rows: list[dict], width: int | None = None) -> str | None:
+    """The cells whose latest attempt did not succeed, or None: a table (errors cut to 100
+    characters) when `width` is None, else two lines per cell fitted to `width`."""
     failed = [r for r in latest_rows(rows) if r.get("status") != Status.OK.value]
     if not failed:
         return None
-    table = [
-        [
-            r.get("cell_id"),
-            r.get("model_tag"),
-            r.get("method"),
-            r.get("batch_size"),
-            r.get("prompt_len"),
-            r.get("max_tokens"),
-            r.get("status"),
-            r.get("attempt"),
-            (r.get("error") or "")[:100],
-        ]
-        for r in failed
-    ]
-    headers = [
-        "cell_id",
-        "model",
-        "method",
-        "batch_size",
-        "prompt_len",
-        "max_tokens",
-        "status",
-        "attempt",
-        "error",
-    ]
-    return tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True)
+    if width is None:
+        table = [[str(r.get(h)) for h in FAILURE_HEADERS[:-1]] for r in failed]
+        for line, r in zip(table, failed):
+            error = " ".join((r.get("error") or "").split())
+            line.append(error if len(error) <= 100 else error[:97] + "...")
+        return tabulate(table, headers=FAILURE_HEADERS, tablefmt="simple", disable_numparse=True)
+    models = len({r.get("model_tag") for r in failed}) > 1
+    out = []
+    for r in failed:
+        cell = f"{r.get('model_tag')} " if models else ""
+        cell += f"{r.get('method')} " + where_text(tuple(r.get(k) for k in ROW_KEYS), ROW_KEYS)
+        out.append(f"{r.get('cell_id')}  {cell}  {r.get('status')} (attempt {r.get('attempt')})")
+        error = " ".join((r.get("error") or "").split())
+        if error:
+            lines = textwrap.wrap(error, max(20, width - 4), break_on_hyphens=False)
+            if len(lines) > ERROR_LINES:
+                lines = [*lines[: ERROR_LINES - 1], lines[ERROR_LINES - 1][:-3] + "..."]
+            out += ["    " + line for line in lines]
+    return "\n".join(out)
 
 
 def status_counts(rows: list[dict]) -> dict[str, int]:
@@ -178,16 +134,58 @@ def status_counts(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def render(rows: list[dict], title: str | None = None) -> str:
-    """All tables as one text block (for stdout)."""
-    parts = []
-    if title:
-        parts.append(f"== {title} ==")
-    for label, table in model_tables(rows):
-        parts.append(f"\nmodel {label}\n{table}")
-    failures = failure_table(rows)
+def runs_note(rows: list[dict]) -> str | None:
+    """A note when the latest attempts of the cells come from more than one run, else None.
+
+    >>> runs_note([{"cell_id": "a", "run_id": "r1"}, {"cell_id": "b", "run_id": "r2"}])
+    'note: these cells come from 2 runs: r1 (1 cell), r2 (1 cell)'
+    """
+    counts = Counter(str(r.get("run_id")) for r in latest_rows(rows) if r.get("run_id"))
+    if len(counts) < 2:
+        return None
+    parts = [f"{run} ({n} cell{'s' if n != 1 else ''})" for run, n in sorted(counts.items())]
+    return f"note: these cells come from {len(counts)} runs: {', '.join(parts)}"
+
+
+def notes(rows: list[dict], fetch_ids: FetchIds | None = None) -> list[str]:
+    """The lines render() prints under the tables: mixed hardware, the legend, mixed runs."""
+    out = [note for table in model_tables(rows, fetch_ids) for note in table.notes]
+    note = runs_note(rows)
+    return [*out, note] if note else out
+
+
+def _wrap(text: str, width: int | None) -> str:
+    """A note folded to the table's width (continuation lines indented); as is when wide."""
+    if width is None:
+        return text
+    return textwrap.fill(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def render(
+    rows: list[dict],
+    title: str | None = None,
+    *,
+    wide: bool = False,
+    width: int | None = None,
+    fetch_ids: FetchIds | None = None,
+) -> str:
+    """All tables as one text block (for stdout): fitted to `width` (default: the terminal's
+    columns) unless `wide`, which prints one line per row however long."""
+    width = None if wide else (terminal_width() if width is None else width)
+    parts = [f"== {title} =="] if title else []
+    for table in model_tables(rows, fetch_ids):
+        head = f"\nmodel {table.label}"
+        if table.hardware and table.hardware != "?":
+            head += f"\non {table.hardware}"
+        body = _wide(table) if wide else fit(table.columns, width)
+        parts.append(f"{head}\n{body}")
+        parts += [_wrap(note, width) for note in table.notes]
+    failures = failure_table(rows, width)
     if failures:
         parts.append(f"\ncells that did not succeed\n{failures}")
     counts = status_counts(rows)
     parts.append("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + " (cells)")
+    note = runs_note(rows)
+    if note:
+        parts.append(_wrap(note, width))
     return "\n".join(parts).lstrip("\n")
