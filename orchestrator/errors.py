@@ -67,9 +67,10 @@ class StorageError(OrchestratorError):
 
     exit_code = 3
 
-    def __init__(self, path: str, cause: str):
+    def __init__(self, path: str, cause: str, errno: int | None = None):
         self.path = path
         self.cause = cause
+        self.errno = errno  # the OS error number behind it, when there is one
         super().__init__(f"{path}: {cause}")
 
 

@@ -6,7 +6,9 @@ object store alike (through `orchestrator.run.storage.Location`). It is written 
 starts (status "running") and rewritten when it ends: "finished", "interrupted" (Ctrl-C,
 SIGTERM), "storage_error" (the results store failed: disk full, read-only, ...) or "failed"
 (any other error), each time atomically (temporary name, then the final one), so a reader never
-sees half a file. A driver that is SIGKILLed or crashes cannot say how it ended: the next submit
+sees half a file. On a local disk the "running" manifest ends in RESERVE_BYTES of spaces (JSON
+ignores them), so that when the disk is full its final status still fits: it is then
+overwritten in place. A driver that is SIGKILLed or crashes cannot say how it ended: the next submit
 of the job, holding the job's lock, marks its still-"running" manifest "killed".
 
     manifest = RunManifest.start(job_dir, run_id, job, invocation, cells_to_run=12, skipped=0)
@@ -42,6 +44,7 @@ from orchestrator.run.storage import Location, resolve
 MANIFEST_DIR = "_manifests"
 MANIFEST_VERSION = 2  # 2: pid, error; statuses storage_error and killed
 RUN_STATUSES = ("running", "finished", "interrupted", "storage_error", "failed", "killed")
+RESERVE_BYTES = 4096
 # manifest key -> column name and type in the joined table
 COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "run_id": ("run_id", pa.string()),
@@ -167,17 +170,37 @@ class RunManifest:
             "spec": spec_to_dict(job),
         }
         manifest = cls(resolve(job_dir) / MANIFEST_DIR, f"{run_id}.json", data)
-        manifest.location.write_atomic(manifest.name, _encode(data))
+        reserve = b" " * RESERVE_BYTES if manifest.location.is_local else b""
+        manifest.location.write_atomic(manifest.name, _encode(data) + reserve)
         return manifest
 
     def finish(self, status: str, statuses: dict[str, int], error: str | None = None) -> None:
         """Record the end time, how the run ended (one of RUN_STATUSES), the count of cells per
         outcome and, for storage_error/failed, the one-line reason."""
         self.data.update(status=status, finished_at=_now(), statuses=dict(statuses), error=error)
+        body = _encode(self.data)
         try:
-            self.location.write_atomic(self.name, _encode(self.data))
+            self.location.write_atomic(self.name, body)
         except StorageError as e:  # the results (and the exit code) matter more
-            log.warning("could not write the run manifest %s: %s", self.uri, e.cause)
+            if not self._overwrite_in_place(body):
+                log.warning("could not write the run manifest %s: %s", self.uri, e.cause)
+
+    def _overwrite_in_place(self, body: bytes) -> bool:
+        """The full-disk fallback: rewrite the local file within the space it already has."""
+        if not self.location.is_local:
+            return False
+        path = Path(self.location.path) / self.name
+        try:
+            size = path.stat().st_size
+            if len(body) > size:
+                return False
+            with open(path, "r+b") as f:
+                f.write(body + b" " * (size - len(body)))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            return False
+        return True
 
 
 def read_manifests(job_dir: Location | Path | str) -> list[dict]:

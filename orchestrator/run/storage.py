@@ -95,7 +95,7 @@ def describe(exc: OSError, path: str, *, local: bool) -> StorageError:
     code = exc.errno
     where, sharper = _local_culprit(path, code) if local else (path, None)
     cause = sharper or _CAUSES.get(code) or _one_line(exc.strerror or exc)
-    return StorageError(where, cause)
+    return StorageError(where, cause, code)
 
 
 @contextlib.contextmanager
