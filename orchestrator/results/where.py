@@ -18,6 +18,10 @@ Grammar (keywords are case-insensitive; `=` and `==` are the same):
 
 The text is tokenized and parsed by hand (recursive descent), names are checked against the
 dataset's schema and literals against the column's type; nothing is ever passed to `eval`.
+A number compares by value: `batch_size in (1.9)` matches no integer, `batch_size < 1.5`
+matches 1. Expressions are bounded (MAX_CHARS, MAX_DEPTH nested `not`/parentheses, MAX_TERMS
+comparisons) and integer literals must fit their column's type: anything past that is a
+one-line error, never a crash.
 
 >>> schema = pa.schema([("method", pa.string()), ("batch_size", pa.int64())])
 >>> str(parse_where("batch_size >= 4 and method = 'cached'", schema))
@@ -48,6 +52,10 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 KEYWORDS = ("and", "or", "not", "in", "is", "null", "true", "false")
+MAX_CHARS = 10_000
+MAX_DEPTH = 64  # nested "not" and parentheses (the parser recurses once per level)
+MAX_TERMS = 256  # comparisons and "in" values (Arrow evaluates deep expressions recursively)
+MAX_NUMBER_CHARS = 100
 _OPS = {
     "=": pc.equal,
     "==": pc.equal,
@@ -115,7 +123,7 @@ def tokenize(text: str) -> list[Token]:
 
 
 def _syntax(text: str, pos: int, message: str) -> QueryError:
-    return QueryError(f"--where {text!r}: {message} at position {pos + 1}")
+    return QueryError(f"--where {_quote(text)}: {message} at position {pos + 1}")
 
 
 class _Parser:
@@ -123,11 +131,18 @@ class _Parser:
 
     def __init__(self, text: str, schema: pa.Schema):
         self.text, self.schema = text, schema
+        if len(text) > MAX_CHARS:
+            raise QueryError(f"--where: the expression is longer than {MAX_CHARS} characters")
         try:
             self.tokens = tokenize(text)
         except QueryError as e:
             raise QueryError(f"{e}; {column_list(schema)}") from None
+        for tok in self.tokens:
+            if tok.kind == "number" and len(tok.text) > MAX_NUMBER_CHARS:
+                raise _syntax(text, tok.pos, f"a number of {len(tok.text)} characters")
         self.i = 0
+        self.depth = 0
+        self.terms = 0
 
     # -- token helpers ------------------------------------------------------------------------
     @property
@@ -153,7 +168,7 @@ class _Parser:
     def _error(self, message: str) -> QueryError:
         found = "the end" if self.tok.kind == "end" else repr(self.tok.text)
         return QueryError(
-            f"--where {self.text!r}: {message}, found {found} at position {self.tok.pos + 1}; "
+            f"--where {_quote(self.text)}: {message}, found {found} at position {self.tok.pos + 1}; "
             f"{column_list(self.schema)}"
         )
 
@@ -179,13 +194,26 @@ class _Parser:
         return expr
 
     def _not(self) -> pc.Expression:
-        if self._accept("keyword", "not"):
-            return ~self._not()
-        if self._accept("punct", "("):
-            expr = self._or()
-            self._expect("punct", ")", "')'")
-            return expr
+        if self.tok.kind in ("keyword", "punct") and self.tok.text in ("not", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self._error(f"more than {MAX_DEPTH} nested 'not' or parentheses")
+            try:
+                if self._accept("keyword", "not"):
+                    return ~self._not()
+                self._take()
+                expr = self._or()
+                self._expect("punct", ")", "')'")
+                return expr
+            finally:
+                self.depth -= 1
+        self._count_term()
         return self._comparison()
+
+    def _count_term(self, n: int = 1) -> None:
+        self.terms += n
+        if self.terms > MAX_TERMS:
+            raise self._error(f"more than {MAX_TERMS} comparisons or listed values")
 
     def _comparison(self) -> pc.Expression:
         start = self.tok
@@ -210,7 +238,7 @@ class _Parser:
         )
         if right_tok.kind == "name" and right_tok.text not in self.schema.names and left_is_text:
             raise QueryError(
-                f"--where {self.text!r}: unknown column {right_tok.text!r}; to compare with the "
+                f"--where {_quote(self.text)}: unknown column {right_tok.text!r}; to compare with the "
                 f"text, quote it: '{right_tok.text}'; {column_list(self.schema)}"
             )
         right = self._operand()
@@ -221,14 +249,18 @@ class _Parser:
         self._expect("punct", "(", "'(' after 'in'")
         values = [self._literal()]
         while self._accept("punct", ","):
+            self._count_term()
             values.append(self._literal())
         self._expect("punct", ")", "')' closing the 'in' list")
         typ = self.schema.field(name).type
         values = [self._check_literal(name, typ, v) for v in values]
+        field = pc.field(name)
+        if _fractional(typ, values):  # compare as float64: 1.9 must not become 1
+            field, typ = field.cast(pa.float64()), pa.float64()
         try:
-            expr = pc.field(name).isin(pa.array(values, type=typ))
+            expr = field.isin(pa.array(values, type=typ))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
-            raise QueryError(f"--where {self.text!r}: {name} in (...): {e}") from None
+            raise QueryError(f"--where {_quote(self.text)}: {name} in (...): {e}") from None
         return ~expr if negate else expr
 
     def _operand(self) -> Any:
@@ -236,7 +268,7 @@ class _Parser:
         if tok.kind == "name":
             self._take()
             if tok.text not in self.schema.names:
-                raise QueryError(f"--where {self.text!r}: {unknown_column(tok.text, self.schema)}")
+                raise QueryError(f"--where {_quote(self.text)}: {unknown_column(tok.text, self.schema)}")
             typ = self.schema.field(tok.text).type
             if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_struct(typ):
                 raise QueryError(f"--where: column {tok.text!r} holds lists; it cannot be compared")
@@ -257,12 +289,19 @@ class _Parser:
     # -- types ----------------------------------------------------------------------------------
     def _coerce(self, ltok: Token, left: Any, rtok: Token, right: Any) -> tuple[Any, Any]:
         if ltok.kind == "name" and rtok.kind != "name":
-            right = self._check_literal(ltok.text, self.schema.field(ltok.text).type, right)
+            typ = self.schema.field(ltok.text).type
+            right = self._check_literal(ltok.text, typ, right)
+            if _fractional(typ, [right]):  # compare as float64: 1.9 must not become 1
+                left = left.cast(pa.float64())
         elif rtok.kind == "name" and ltok.kind != "name":
-            left = self._check_literal(rtok.text, self.schema.field(rtok.text).type, left)
+            typ = self.schema.field(rtok.text).type
+            left = self._check_literal(rtok.text, typ, left)
+            if _fractional(typ, [left]):
+                right = right.cast(pa.float64())
         elif ltok.kind != "name":
             raise self._error("a comparison needs at least one column name")
-        return left, right
+        # a literal on the left must be an expression too ("1.5 > batch_size")
+        return (left if ltok.kind == "name" else pc.scalar(left)), right
 
     def _check_literal(self, name: str, typ: pa.DataType, value: Any) -> Any:
         """The literal as a value of the column's type, or a QueryError saying what would fit."""
@@ -292,11 +331,46 @@ class _Parser:
                     f"--where: {name} is a number; compare it with a number, not {value!r}"
                 )
             if pa.types.is_integer(typ) and isinstance(value, float) and value.is_integer():
-                return int(value)
+                value = int(value)
+            if pa.types.is_integer(typ) and isinstance(value, int):
+                low, high = _int_range(typ)
+                if not low <= value <= high:
+                    raise QueryError(f"--where: {name} holds {typ} values; {_short(value)} is "
+                                     f"outside [{low}, {high}]")
+            elif isinstance(value, int):
+                try:
+                    float(value)
+                except OverflowError:
+                    raise QueryError(f"--where: {_short(value)} is too large to compare with "
+                                     f"{name}") from None
             return value
         if pa.types.is_null(typ):
             raise QueryError(f"--where: {name} is empty in every row; use '{name} is null'")
         return value
+
+
+def _int_range(typ: pa.DataType) -> tuple[int, int]:
+    bits = typ.bit_width
+    if pa.types.is_signed_integer(typ):
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _fractional(typ: pa.DataType, values: list) -> bool:
+    """An integer column compared with a number that is not an integer (e.g. 1.9)."""
+    return pa.types.is_integer(typ) and any(
+        isinstance(v, float) and not v.is_integer() for v in values
+    )
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """The expression as messages quote it: repr, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:20]}...({len(text)} digits)"
 
 
 def parse_where(text: str, schema: pa.Schema) -> pc.Expression:

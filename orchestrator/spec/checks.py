@@ -17,10 +17,26 @@ from typing import Any
 
 METHODS = ("naive", "cached", "cached_graph")
 DTYPES = ("float32", "bfloat16", "float16")
-TAG_RE = re.compile(r"^d\[(\d+(?:,\d+)*)\]-h\[(\d+(?:,\d+)*)\]$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# \Z, not $: "$" also matches before a trailing newline ("job\n" would pass)
+TAG_RE = re.compile(r"^d\[([0-9]{1,9}(?:,[0-9]{1,9})*)\]-h\[([0-9]{1,9}(?:,[0-9]{1,9})*)\]\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+MAX_NAME_CHARS = 100  # a directory name, with room for the path around it
+INT_MAX = 2**63 - 1  # results are int64 columns; the engine's seeds and sizes are int64 too
+# Model tags past these describe no model that can be built (docs/failures.md).
+MAX_STAGES = 16
+MAX_STAGE_DEPTH = 1024
+MAX_WIDTH = 1 << 17
+MIN_TEMPERATURE = 1e-30  # logits (soft-capped at 15, float32) / temperature must stay finite
 
 Check = Callable[[Any], "str | None"]
+
+
+def show(v: Any, limit: int = 60) -> str:
+    """repr(v) cut to `limit` characters, for one-line messages about any value."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**limit:
+        return f"an integer of {len(str(abs(v)))} digits"  # str() of a huge int is slow
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(v: Any) -> bool:
@@ -28,19 +44,40 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))  # float() of an int past ~1.8e308 raises OverflowError
+    except OverflowError:
+        return False
+
+
+def _int_in_range(v: Any, minimum: int) -> str | None:
+    if not _is_int(v) or v < minimum:
+        return None  # the caller's message applies
+    if v > INT_MAX:
+        return f"must be at most 2**63 - 1 ({INT_MAX}), got {show(v)}"
+    return None
 
 
 def positive_int(v: Any) -> str | None:
-    return None if _is_int(v) and v > 0 else f"must be a positive integer, got {v!r}"
+    if _is_int(v) and v > 0:
+        return _int_in_range(v, 1)
+    return f"must be a positive integer, got {show(v)}"
 
 
 def nonneg_int(v: Any) -> str | None:
-    return None if _is_int(v) and v >= 0 else f"must be an integer >= 0, got {v!r}"
+    if _is_int(v) and v >= 0:
+        return _int_in_range(v, 0)
+    return f"must be an integer >= 0, got {show(v)}"
 
 
 def any_int(v: Any) -> str | None:
-    return None if _is_int(v) else f"must be an integer, got {v!r}"
+    if _is_int(v) and -INT_MAX - 1 <= v <= INT_MAX:
+        return None
+    if _is_int(v):
+        return f"must lie within 64 bits (|value| < 2**63), got {show(v)}"
+    return f"must be an integer, got {show(v)}"
 
 
 def optional_positive_int(v: Any) -> str | None:
@@ -48,47 +85,75 @@ def optional_positive_int(v: Any) -> str | None:
 
 
 def positive_number(v: Any) -> str | None:
-    return None if _is_number(v) and v > 0 else f"must be a positive number, got {v!r}"
+    if _is_number(v) and v > 0:
+        return None
+    if _is_int(v) and v > 0:
+        return f"must be a positive number that fits a float (below 1.8e308), got {show(v)}"
+    return f"must be a positive number, got {show(v)}"
 
 
 def temperature(v: Any) -> str | None:
-    return None if _is_number(v) and v >= 0 else f"must be a number >= 0, got {v!r}"
+    if _is_number(v) and 0 < v < MIN_TEMPERATURE:
+        return (f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {show(v)} (float32 "
+                "logits divided by it overflow and every sample fails)")
+    if _is_number(v) and v >= 0:
+        return None
+    if _is_int(v) and v > 0:
+        return f"must be a number >= 0 that fits a float (below 1.8e308), got {show(v)}"
+    return f"must be a number >= 0, got {show(v)}"
+
+
+def seed(v: Any) -> str | None:
+    """The engine seeds torch generators: an integer in [0, 2**63)."""
+    if _is_int(v) and 0 <= v <= INT_MAX:
+        return None
+    return f"must be an integer from 0 to 2**63 - 1, got {show(v)}"
+
+
+def prompt(v: Any) -> str | None:
+    """None (synthetic prompts) or a non-empty text (the engine refuses an empty one)."""
+    if v is None or (isinstance(v, str) and v.strip()):
+        return None
+    if isinstance(v, str):
+        return "must be a non-empty text (or leave it out for synthetic prompts), got " + show(v)
+    return f"must be a string, got {show(v)}"
 
 
 def boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+    return None if isinstance(v, bool) else f"must be true or false, got {show(v)}"
 
 
 def method(v: Any) -> str | None:
-    if v in METHODS:
+    if isinstance(v, str) and v in METHODS:
         return None
-    return f"unknown method {v!r}; expected one of {', '.join(METHODS)}"
+    return f"unknown method {show(v)}; expected one of {', '.join(METHODS)}"
 
 
 def dtype(v: Any) -> str | None:
-    if v in DTYPES:
+    if isinstance(v, str) and v in DTYPES:
         return None
-    return f"unknown dtype {v!r}; expected one of {', '.join(DTYPES)}"
+    return f"unknown dtype {show(v)}; expected one of {', '.join(DTYPES)}"
 
 
 def optional_text(v: Any) -> str | None:
-    return None if v is None or isinstance(v, str) else f"must be a string, got {v!r}"
+    return None if v is None or isinstance(v, str) else f"must be a string, got {show(v)}"
 
 
 def job_name(v: Any) -> str | None:
-    if isinstance(v, str) and NAME_RE.match(v):
+    if isinstance(v, str) and NAME_RE.match(v) and len(v) <= MAX_NAME_CHARS:
         return None
-    return f"must be a name of letters, digits, '.', '_' or '-', got {v!r}"
+    return (f"must be a name of letters, digits, '.', '_' or '-' (at most {MAX_NAME_CHARS}, "
+            f"the first a letter or digit: it names a directory), got {show(v)}")
 
 
 def parse_tag(tag: Any) -> tuple[list[int], list[int]] | str:
     """("d[2,4]-h[128,256]") -> ([2, 4], [128, 256]), or the reason it is malformed."""
     hint = "expected a nanochat UNet tag like 'd[2,4]-h[128,256]' (depth and width per stage)"
     if not isinstance(tag, str):
-        return f"must be a string, got {tag!r}; {hint}"
-    m = TAG_RE.match(tag.strip())
+        return f"must be a string, got {show(tag)}; {hint}"
+    m = TAG_RE.match(tag.strip()) if len(tag) <= 400 else None
     if not m:
-        return f"malformed model tag {tag!r}; {hint}"
+        return f"malformed model tag {show(tag)}; {hint}"
     depths = [int(x) for x in m.group(1).split(",")]
     widths = [int(x) for x in m.group(2).split(",")]
     if len(depths) != len(widths):
@@ -97,6 +162,13 @@ def parse_tag(tag: Any) -> tuple[list[int], list[int]] | str:
         return f"malformed model tag {tag!r}: each stage depth must be a positive even number"
     if any(w <= 0 for w in widths):
         return f"malformed model tag {tag!r}: widths must be positive"
+    if len(depths) > MAX_STAGES:
+        return f"model tag {show(tag)} has {len(depths)} stages; at most {MAX_STAGES} are supported"
+    if max(depths) > MAX_STAGE_DEPTH:
+        return (f"model tag {show(tag)}: a stage of {max(depths)} blocks; at most "
+                f"{MAX_STAGE_DEPTH} per stage are supported")
+    if max(widths) > MAX_WIDTH:
+        return f"model tag {show(tag)}: width {max(widths)} is above the supported {MAX_WIDTH}"
     return depths, widths
 
 

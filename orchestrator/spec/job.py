@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import checks
+from orchestrator.spec import checks, fits
 from orchestrator.spec.grid import (
     AXES,
     AXIS_DEFAULTS,
@@ -125,8 +125,8 @@ class MeasureSpec:
         _require(checks.optional_positive_int, self.memory_budget_bytes, "memory_budget_bytes")
         _require(checks.positive_int, self.warmup, "warmup")
         _require(checks.positive_int, self.repeats, "repeats")
-        _require(checks.any_int, self.seed, "seed")
-        _require(checks.optional_text, self.prompt, "prompt")
+        _require(checks.seed, self.seed, "seed")
+        _require(checks.prompt, self.prompt, "prompt")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,16 +179,25 @@ class JobSpec:
 # parsing
 
 
-def load_job_spec(filename: str, overrides: list[str] | None = None) -> JobSpec:
-    """Read, override and validate a job spec file; raises SpecError with file:line: path."""
+def load_job_spec(
+    filename: str, overrides: list[str] | None = None, *, worker_memory_bytes: int | None = None
+) -> JobSpec:
+    """Read, override and validate a job spec file; raises SpecError with file:line: path.
+
+    `worker_memory_bytes`: the memory of the CPU workers that will run the cells (the submit of
+    a local run without GPUs passes this machine's RAM); a cell whose estimate exceeds it is
+    refused (see orchestrator/spec/memory.py). Host-side sizes are always checked.
+    """
     doc = Document.from_file(filename)
     apply_overrides(doc, list(overrides or []))
     default_name = Path(filename).stem
-    return parse_job_spec(doc, default_name=default_name)
+    return parse_job_spec(doc, default_name=default_name, worker_memory_bytes=worker_memory_bytes)
 
 
-def parse_job_spec(doc: Document, default_name: str = "job") -> JobSpec:
-    """Validate a loaded Document into a JobSpec."""
+def parse_job_spec(
+    doc: Document, default_name: str = "job", *, worker_memory_bytes: int | None = None
+) -> JobSpec:
+    """Validate a loaded Document into a JobSpec (see load_job_spec)."""
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), f"the spec must be a mapping of keys, got {type(data).__name__}")
@@ -205,8 +214,8 @@ def parse_job_spec(doc: Document, default_name: str = "job") -> JobSpec:
             {
                 "warmup": checks.positive_int,
                 "repeats": checks.positive_int,
-                "seed": checks.any_int,
-                "prompt": checks.optional_text,
+                "seed": checks.seed,
+                "prompt": checks.prompt,
                 "memory_budget_bytes": checks.optional_positive_int,
             },
         )
@@ -237,7 +246,24 @@ def parse_job_spec(doc: Document, default_name: str = "job") -> JobSpec:
         source=doc.name,
     )
     _check_lengths(doc, job)
+    _check_prompt_ids(doc, job)
+    fits.check_memory(doc, job, worker_memory_bytes)
     return job
+
+
+def _check_prompt_ids(doc: Document, job: JobSpec) -> None:
+    """A random model encodes the prompt with the byte tokenizer: every UTF-8 byte must be an id
+    of its vocabulary (the engine refuses the cell otherwise)."""
+    if job.measure.prompt is None:
+        return
+    top = max(job.measure.prompt.encode("utf-8"))
+    for model in job.models:
+        if model.is_random and top >= model.vocab_size:
+            raise doc.error(
+                ("measure", "prompt"),
+                f"encodes (UTF-8 bytes: random models use the byte tokenizer) to ids up to {top} "
+                f"but model {model.tag} has vocab_size {model.vocab_size}; use vocab_size >= 256",
+            )
 
 
 def _check_lengths(doc: Document, job: JobSpec) -> None:

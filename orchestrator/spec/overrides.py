@@ -13,36 +13,41 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml
-
 from orchestrator.errors import SpecError
-from orchestrator.spec.source import Document
+from orchestrator.spec.source import MAX_DEPTH, Document, load_yaml
 
-_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[[0-9]{1,9}\])*)$")
+MAX_KEY_CHARS = 500
 
 
 def parse_override(text: str) -> tuple[tuple, Any]:
     """Split "a.b[0].c=VALUE" into a path tuple and the YAML-parsed value."""
-    where = f"--set {text}"
+    where = f"--set {_short(text)}"
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise SpecError(where, "", "expected KEY=VALUE, e.g. --set measure.repeats=5")
+    if len(key) > MAX_KEY_CHARS:
+        raise SpecError(where, "", f"the key is longer than {MAX_KEY_CHARS} characters")
     path: list = []
     for segment in key.split("."):
-        if segment.isdigit() and path:
+        if segment.isascii() and segment.isdigit() and path:
             path.append(int(segment))
             continue
-        m = _SEGMENT.match(segment)
+        m = _SEGMENT.fullmatch(segment)
         if not m:
             raise SpecError(where, key, f"malformed key segment {segment!r}")
         path.append(m.group(1))
-        path.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
+        path.extend(int(i) for i in re.findall(r"\[([0-9]+)\]", m.group(2)))
+    if len(path) > MAX_DEPTH:
+        raise SpecError(where, key[:60] + "...", f"more than {MAX_DEPTH} key segments")
+    if not raw.strip():
+        return tuple(path), None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(where, key, f"cannot parse value {raw!r} as YAML: {problem}") from None
+        value, _ = load_yaml(raw, where)
+    except SpecError as e:
+        problem = e.message.removeprefix("YAML syntax error: ")
+        raise SpecError(where, key, f"cannot parse value {_short(raw, 40)!r} as YAML: {problem}") from None
     return tuple(path), value
 
 
@@ -50,7 +55,7 @@ def apply_overrides(doc: Document, overrides: list[str]) -> Document:
     """Apply each "K=V" to `doc` in order (in place) and return it."""
     for text in overrides:
         path, value = parse_override(text)
-        where = f"--set {text}"
+        where = f"--set {_short(text)}"
         if not isinstance(doc.data, dict):
             raise SpecError(where, "", "the spec is not a mapping")
         node = doc.data
@@ -79,6 +84,12 @@ def apply_overrides(doc: Document, overrides: list[str]) -> Document:
         for i in range(1, len(path)):
             doc.origins.setdefault(path[:i], where)
     return doc
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """An override as error messages quote it: one line, at most `limit` characters."""
+    one_line = text.replace("\n", "\\n")
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
 
 
 def doc_error(where: str, path: tuple, message: str) -> SpecError:
