@@ -78,6 +78,12 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     )
     c.add_argument("--only-changed", action="store_true", help="show only flagged lines")
     c.add_argument("--fail-on-change", action="store_true", help="exit 1 when a change is flagged")
+    c.add_argument(
+        "--any-hardware",
+        action="store_true",
+        help="also compare cells whose A and B rows ran on different hardware (default: shown, "
+        "no ratio)",
+    )
     _format_option(c)
 
     p = sub.add_parser(
@@ -204,13 +210,25 @@ def _compare(args: argparse.Namespace) -> int:
     b = compare_mod.resolve_side(args.b, args.results)
     metrics = split_list(args.metrics) or tuple(compare_mod.METRICS)
     result = compare_mod.compare(
-        a, b, metrics=metrics, on=split_list(args.on), k=args.k, min_change=args.min_change
+        a,
+        b,
+        metrics=metrics,
+        on=split_list(args.on),
+        k=args.k,
+        min_change=args.min_change,
+        any_hardware=args.any_hardware,
     )
     lines = result.flagged if args.only_changed else result.lines
     if args.format == "table" and result.differs:
         print(
             "differs between A and B: "
             + ", ".join(f"{c} ({va} vs {vb})" for c, (va, vb) in result.differs.items())
+        )
+    if args.format == "table" and result.other_hw:
+        ha, hb = result.other_hw[0]
+        print(
+            f"hardware differs between A and B for {len(result.other_hw)} cells (e.g. A on {ha}, "
+            f"B on {hb}): shown without ratios; --any-hardware compares them anyway"
         )
     print(render(lines, args.format) if lines else "(no lines)")
     print(compare_mod.summary_line(result, a, b), file=sys.stderr)

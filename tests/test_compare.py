@@ -45,11 +45,12 @@ def test_planted_2x_is_flagged_and_1_percent_is_not(two_dirs, capsys):
     assert planted["B/A"] == pytest.approx(2.0) and planted["change"] == "better"
     others = [x for x in decode if x is not planted]
     assert all(x["B/A"] == pytest.approx(1.01) for x in others)
-    assert all(x["threshold"] > 0.01 for x in others)  # the 1% change is inside the spread
+    assert all(x["noise ±%"] > 1 for x in others)  # the 1% change is inside the noise band
     ttft = next(x for x in lines if x["metric"] == "ttft_ms" and x["change"])
     assert ttft["change"] == "better" and ttft["B/A"] == pytest.approx(0.5)  # lower is better
     memory = [x for x in lines if x["metric"] == "peak_bytes"]
     assert memory and not any(x["change"] for x in memory)
+    assert all(x["noise ±%"] is None for x in memory)  # CPU RSS growth: a lower bound
     # the summary line goes to stderr
     main(["compare", *map(str, two_dirs)])
     err = capsys.readouterr().err
@@ -99,3 +100,43 @@ def test_parameters_constant_in_each_run_are_compared_not_matched(tmp_path, caps
 def test_bad_metric_exits_2(two_dirs, capsys):
     assert main(["compare", *map(str, two_dirs), "--metrics", "speed"]) == 2
     assert "--metrics 'speed': expected some of decode_tok_s" in capsys.readouterr().err
+
+
+def test_cpu_peak_memory_is_shown_never_flagged_gpu_memory_is():
+    """RSS growth on a CPU is a lower bound: a 3x change is shown, not flagged; on a GPU the
+    same change of peak allocated bytes is flagged against the 2% floor."""
+    a = [make_record(m, b, p) for m, b, p in GRID]
+    b = [
+        {**r, "run_id": "run-b", "peak_rss_growth_bytes": 3 * r["peak_rss_growth_bytes"]} for r in a
+    ]
+    rows_a = [{**r, "peak_bytes": r["peak_rss_growth_bytes"]} for r in a]
+    rows_b = [{**r, "peak_bytes": r["peak_rss_growth_bytes"]} for r in b]
+    cpu = compare(Side("a", rows_a), Side("b", rows_b), metrics=("peak_bytes",))
+    assert all(line["B/A"] == pytest.approx(3.0) for line in cpu.lines)
+    assert not cpu.flagged and all(line["noise ±%"] is None for line in cpu.lines)
+    gpu = {"device": "cuda:0", "gpu_name": "NVIDIA H100", "peak_rss_growth_bytes": None}
+    ga = [{**r, **gpu, "peak_allocated_bytes": r["peak_bytes"]} for r in rows_a]
+    gb = [{**r, **gpu, "peak_allocated_bytes": r["peak_bytes"]} for r in rows_b]
+    on_gpu = compare(Side("a", ga), Side("b", gb), metrics=("peak_bytes",))
+    assert len(on_gpu.flagged) == len(GRID) and {x["change"] for x in on_gpu.lines} == {"worse"}
+    assert all(line["noise ±%"] == 2.0 for line in on_gpu.lines)
+
+
+def test_runs_on_other_hardware_are_shown_without_ratios(tmp_path, capsys):
+    """Run B ran on another machine: every line shows A and B, none a ratio or a flag."""
+    write_run(tmp_path / "a" / "sweep", "run-a", planted=1.0, others=1.0, hostname="node-a")
+    write_run(tmp_path / "b" / "sweep", "run-b", hostname="node-b", cpu_model="Intel Xeon")
+    dirs = (tmp_path / "a" / "sweep", tmp_path / "b" / "sweep")
+    lines = lines_of(capsys, *dirs)
+    assert lines and all(x["B/A"] is None and x["change"] == "other hw" for x in lines)
+    assert all(x["A"] is not None and x["B"] is not None for x in lines)
+    assert main(["compare", *map(str, dirs), "--fail-on-change"]) == 0  # nothing flagged
+    captured = capsys.readouterr()
+    assert (
+        "hardware differs between A and B for 8 cells (e.g. A on cpu @ node-a, B on cpu "
+        "Intel Xeon @ node-b): shown without ratios" in captured.out
+    )
+    assert "8 cells ran on other hardware in B and were not compared" in captured.err
+    assert "--any-hardware" in captured.err
+    anyway = lines_of(capsys, *dirs, "--any-hardware")
+    assert {x["change"] for x in anyway if x["metric"] == "decode_tok_s"} == {"", "better"}

@@ -18,8 +18,15 @@ with k = 3 (DEFAULT_K) and min_change = 2% (DEFAULT_MIN_CHANGE). The spread come
 run's own measurements: for decode metrics the larger of the per-repeat CV (`decode_tok_s_cv`) and
 the standard error of the mean step (`decode_step_ms_cv / sqrt(steps)`, from the raw
 `decode_step_ms` list); for TTFT and prefill the per-repeat `ttft_ms_cv`. Peak memory has no
-measured spread, so it is flagged on min_change alone. The output's `threshold` column is the
-relative change a metric needed to be flagged: max(k * sqrt(sa^2 + sb^2) / |a|, min_change).
+measured spread, so it is flagged on min_change alone, and only on a GPU: on a CPU it is the
+process's peak RSS growth, a lower bound (memory the allocator already held is reused without
+growing the resident set), so it is shown and never flagged. The output's `noise ±%` column is
+the noise band of each line: the relative change, in percent, that a metric needed to be flagged,
+100 * max(k * sqrt(sa^2 + sb^2) / |a|, min_change).
+
+Hardware: a line is compared only when its A and B rows ran on one hardware identity
+(orchestrator/results/hardware.py); otherwise it shows both values, no ratio, and `change` says
+"other hw" (`any_hardware=True`, `compare --any-hardware`, compares anyway).
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError, ResultsError
 from orchestrator.results.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
+from orchestrator.results.hardware import hardware_id
 from orchestrator.results.query import distinct
 from workers.record import MODEL_KEYS, PARAM_KEYS
 
 DEFAULT_K = 3.0
 DEFAULT_MIN_CHANGE = 0.02
+NOISE = "noise ±%"  # the column: the change (in percent) a line needed to be flagged
+OTHER_HW = "other hw"  # `change` of a line whose A and B rows ran on different hardware
 MATCH_CANDIDATES = (*PARAM_KEYS, *(f"model_{k}" for k in MODEL_KEYS))
 # metric -> (higher is better, how its relative spread is measured)
 METRICS: dict[str, tuple[bool, str]] = {
@@ -134,10 +144,37 @@ class Comparison:
     lines: list[dict]
     only_a: int
     only_b: int
+    other_hw: list[tuple[str, str]]  # (A's hardware, B's) of each cell not compared for it
 
     @property
     def flagged(self) -> list[dict]:
-        return [line for line in self.lines if line["change"]]
+        return [line for line in self.lines if line["change"] in ("better", "worse")]
+
+
+def lower_bound(metric: str, row: dict) -> bool:
+    """Whether a metric of a row is only a lower bound (peak memory measured as CPU RSS growth).
+
+    >>> lower_bound("peak_bytes", {"peak_rss_growth_bytes": 5}), lower_bound("ttft_ms", {})
+    (True, False)
+    """
+    return metric == PEAK_COLUMN and row.get("peak_allocated_bytes") is None
+
+
+def compare_line(
+    line: dict, ra: dict, rb: dict, metric: str, *, k: float, min_change: float
+) -> None:
+    """Fill the ratio, noise band and change of one (cell, metric) line."""
+    higher_better, kind = METRICS[metric]
+    va, vb = line["A"], line["B"]
+    if va is None or vb is None or not va:
+        return
+    line["B/A"] = round(vb / va, 4)
+    if lower_bound(metric, ra) or lower_bound(metric, rb):
+        return  # shown, never flagged
+    sa, sb = abs(va) * relative_spread(ra, kind), abs(vb) * relative_spread(rb, kind)
+    line[NOISE] = round(100 * max(k * math.hypot(sa, sb) / abs(va), min_change), 2)
+    if is_flagged(va, vb, sa, sb, k=k, min_change=min_change):
+        line["change"] = "better" if (vb > va) == higher_better else "worse"
 
 
 def compare(
@@ -148,6 +185,7 @@ def compare(
     on: tuple[str, ...] = (),
     k: float = DEFAULT_K,
     min_change: float = DEFAULT_MIN_CHANGE,
+    any_hardware: bool = False,
 ) -> Comparison:
     """Match the cells of two sides and compare their metrics (see the module docstring)."""
     if not a.rows or not b.rows:
@@ -163,24 +201,23 @@ def compare(
             raise QueryError(f"--on {unknown[0]!r}: not a column; columns: {', '.join(a.rows[0])}")
         keys = list(on)
     index_b = {tuple(r.get(c) for c in keys): r for r in b.rows}
-    seen, lines = set(), []
+    seen, lines, other_hw = set(), [], []
     for ra in sorted(a.rows, key=lambda r: order_key(tuple(r.get(c) for c in keys))):
         key = tuple(ra.get(c) for c in keys)
         rb = index_b.get(key)
         if rb is None:
             continue
         seen.add(key)
+        hw = (hardware_id(ra), hardware_id(rb))
+        if hw[0] != hw[1] and not any_hardware:
+            other_hw.append(hw)
         for m in metrics:
-            higher_better, kind = METRICS[m]
-            va, vb = ra.get(m), rb.get(m)
-            line = {**dict(zip(keys, key)), "metric": m, "A": va, "B": vb, "B/A": None}
-            line.update(threshold=None, change="")
-            if va is not None and vb is not None and va:
-                sa, sb = abs(va) * relative_spread(ra, kind), abs(vb) * relative_spread(rb, kind)
-                line["B/A"] = round(vb / va, 4)
-                line["threshold"] = round(max(k * math.hypot(sa, sb) / abs(va), min_change), 4)
-                if is_flagged(va, vb, sa, sb, k=k, min_change=min_change):
-                    line["change"] = "better" if (vb > va) == higher_better else "worse"
+            line = {**dict(zip(keys, key)), "metric": m, "A": ra.get(m), "B": rb.get(m)}
+            line.update({"B/A": None, NOISE: None, "change": ""})
+            if hw[0] != hw[1] and not any_hardware:
+                line["change"] = OTHER_HW  # two machines: no ratio
+            else:
+                compare_line(line, ra, rb, m, k=k, min_change=min_change)
             lines.append(line)
     return Comparison(
         keys=keys,
@@ -188,6 +225,7 @@ def compare(
         lines=lines,
         only_a=len(a.rows) - len(seen),
         only_b=len(b.rows) - len(seen),
+        other_hw=other_hw,
     )
 
 
@@ -203,8 +241,17 @@ def summary_line(result: Comparison, a: Side, b: Side) -> str:
     cells = len({tuple(line[c] for c in result.keys) for line in result.lines})
     worse = sum(1 for line in result.flagged if line["change"] == "worse")
     better = len(result.flagged) - worse
-    return (
+    line = (
         f"A = {a.label}, B = {b.label}: {cells} cells matched ({result.only_a} only in A, "
         f"{result.only_b} only in B); {len(result.flagged)} changes beyond the spread "
         f"({worse} worse, {better} better)"
     )
+    if result.other_hw:
+        pairs = sorted(set(result.other_hw))
+        shown = "; ".join(f"A on {ha}, B on {hb}" for ha, hb in pairs[:3])
+        more = f"; and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+        line += (
+            f"; {len(result.other_hw)} cells ran on other hardware in B and were not compared "
+            f"({shown}{more}; --any-hardware compares them anyway)"
+        )
+    return line
