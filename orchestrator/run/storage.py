@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,6 +151,15 @@ class Location:
         if not self.is_local:
             raise ResultsError(f"{self.uri}: not a local directory")
         return Path(self.path)
+
+    def local_dir(self) -> Path:
+        """A local directory for this location's side files that cannot live on an object
+        store (Ray's driver log): the directory itself when local, else a fixed place under
+        the temp dir named after the URI (/tmp/unet-bench/s3/bucket/prefix/...)."""
+        if self.is_local:
+            return Path(self.path)
+        scheme = self.uri.split("://", 1)[0]
+        return Path(tempfile.gettempdir()) / "unet-bench" / scheme / self.path.lstrip("/")
 
     def _errors(self, name: str | None = None) -> contextlib.AbstractContextManager:
         where = self.path if self.is_local else self.uri

@@ -18,11 +18,8 @@ the asked columns; unreadable or foreign files are reported by name and skipped.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import socket
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.errors import ResultsError, ResultsLockedError
+from orchestrator.errors import ResultsError
 from orchestrator.run import storage
 from orchestrator.run.storage import Location
 from workers.record import Status
@@ -211,7 +208,8 @@ class ResultStore:
 
     @property
     def ray_log(self) -> Path:
-        return self.job_dir / "_ray" / "ray.log"
+        """Ray's driver log: in the job dir, or locally (storage.Location.local_dir) for URIs."""
+        return self.location.local_dir() / "_ray" / "ray.log"
 
     def display(self, name: str) -> str:
         """How a file of the job is named to users: its local path, or its URI."""
@@ -229,33 +227,15 @@ class ResultStore:
 
     # -- locking ----------------------------------------------------------------------------
     def lock(self) -> None:
-        """Take the job's lock or raise ResultsLockedError naming the holder."""
-        self.job_dir.mkdir(parents=True, exist_ok=True)
-        path = self.job_dir / "_lock"
-        f = open(path, "a+")  # noqa: SIM115 - held open until unlock()
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown process"
-            f.close()
-            raise ResultsLockedError(
-                f"{self.job_dir} is in use by another submit ({holder}); "
-                f"wait for it to finish or use another --results"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(
-            f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-        )
-        f.flush()
-        self._lock_file = f
+        """Take the job's lock or raise ResultsLockedError naming the holder (flock locally, a
+        heartbeat lock object on object stores: orchestrator/run/lock.py)."""
+        from orchestrator.run.lock import acquire_job_lock
+
+        self._lock_file = acquire_job_lock(self.location)
 
     def unlock(self) -> None:
         if self._lock_file is not None:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
+            self._lock_file.release()
             self._lock_file = None
 
     # -- writing ----------------------------------------------------------------------------
