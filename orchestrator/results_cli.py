@@ -185,7 +185,10 @@ def summarize_pivot(args: argparse.Namespace) -> int:
     )
     table = load_results(Path(args.results_dir), latest=True)
     table = table.filter(pc.field("status") == Status.OK.value)
-    print(render(pivot(table, spec), args.format))
+    notes: list[str] = []
+    print(render(pivot(table, spec, notes), args.format))
+    for note in notes:  # on stdout under a table, on stderr beside csv/json/markdown
+        print(note, file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 

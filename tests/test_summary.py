@@ -196,3 +196,22 @@ def test_failure_table_fits_the_width():
     assert "xxx...\n" in text and "1 error (cells)" in text
     wide = summary.render(rows, wide=True)
     assert "worker died: xxx" in wide and "cell_id" in wide and "x" * 101 not in wide
+
+
+def test_pivot_ratio_only_within_one_hardware(tmp_path):
+    job = tmp_path / "sweep"
+    store = ResultStore(job)
+    for method, batch, prompt in GRID:
+        host = "node-b" if (method, batch, prompt) == ("cached", 4, 128) else "node-a"
+        store.write(make_record(method, batch, prompt, hostname=host))
+    args = ("--pivot", "batch_size,prompt_len", "--columns", "method", "--ratio", "cached/naive")
+    out = summarize(job, *args, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    ratios = {(r["batch_size"], r["prompt_len"]): r["cached/naive"] for r in json.loads(out.stdout)}
+    assert ratios[(4, 128)] is None and all(v > 1 for k, v in ratios.items() if k != (4, 128))
+    assert "mixed hw: 1 ratio(s) left empty" in out.stderr
+    assert "batch_size=4 prompt_len=128 (cached on cpu @ node-b; naive on cpu @ node-a)" in (
+        out.stderr
+    )
+    table = summarize(job, *args)
+    assert "mixed hw: 1 ratio(s) left empty" in table.stdout

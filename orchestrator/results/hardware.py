@@ -16,6 +16,7 @@ from collections.abc import Iterable
 ACCELERATOR_COLUMNS = ("accelerator_model", "gpu_name")
 CPU_COLUMNS = ("cpu_model",)
 NODE_COLUMNS = ("node_ip", "hostname")
+HARDWARE_COLUMNS = ("device", *ACCELERATOR_COLUMNS, *CPU_COLUMNS, *NODE_COLUMNS)
 
 
 def _first(row: dict, columns: tuple[str, ...]) -> str | None:

@@ -8,6 +8,8 @@ the COLS values, each cell the METRIC of the matching ok rows (latest attempt pe
 rows in one cell are combined with --agg, mean by default). `--ratio A/B` adds, for every
 combination of the other column axes, the column "A/B": the value under A divided by the value
 under B, where A and B are two values of one of the COLS axes (the speedup of cached over naive).
+A ratio divides two measurements only when every row under A and under B ran on one hardware
+identity (orchestrator/results/hardware.py); otherwise it is left empty and a note says why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from orchestrator.errors import QueryError
+from orchestrator.results.hardware import HARDWARE_COLUMNS, hardware_id
 from orchestrator.results.where import unknown_column
 
 COMBINE: dict[str, Callable[[list[float]], float]] = {
@@ -84,7 +87,7 @@ def _ratio_axis(spec: PivotSpec, keys: list[tuple]) -> int:
     )
 
 
-def pivot(table: pa.Table, spec: PivotSpec) -> list[dict]:
+def pivot(table: pa.Table, spec: PivotSpec, notes: list[str] | None = None) -> list[dict]:
     """The pivot table as a list of dicts (see the module docstring).
 
     >>> t = pa.table({"b": [1, 1, 8, 8], "method": ["naive", "cached"] * 2,
@@ -99,14 +102,18 @@ def pivot(table: pa.Table, spec: PivotSpec) -> list[dict]:
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         raise QueryError(f"--values {spec.values}: not a numeric column ({typ})")
     cells: OrderedDict[tuple, OrderedDict[tuple, list]] = OrderedDict()
+    hardware: dict[tuple, set[str]] = {}  # (row key, column key) -> hardware ids of its rows
     col_keys: list[tuple] = []
-    for row in table.select([*spec.rows, *spec.columns, spec.values]).to_pylist():
+    hw_cols = [c for c in HARDWARE_COLUMNS if c in table.column_names]
+    wanted = list(dict.fromkeys([*spec.rows, *spec.columns, spec.values, *hw_cols]))
+    for row in table.select(wanted).to_pylist():
         rk = tuple(row[c] for c in spec.rows)
         ck = tuple(row[c] for c in spec.columns)
         if ck not in col_keys:
             col_keys.append(ck)
         if row[spec.values] is not None:
             cells.setdefault(rk, OrderedDict()).setdefault(ck, []).append(row[spec.values])
+            hardware.setdefault((rk, ck), set()).add(hardware_id(row))
     col_keys.sort(key=_sort_key)
     if spec.ratio and len(spec.columns) == 1:  # put the ratio's denominator first: naive, cached
         col_keys.sort(key=lambda k: _label(k[0]) != spec.ratio[1])
@@ -133,7 +140,7 @@ def pivot(table: pa.Table, spec: PivotSpec) -> list[dict]:
             if top is not None:
                 rest = "/".join(_label(v) for v in _others(ck, axis))
                 ratios.append((f"{num}/{den}" + (f" ({rest})" if rest else ""), top, ck))
-    out = []
+    out, mixed = [], []
     for rk in sorted(cells, key=_sort_key):
         values = {ck: combine(v) for ck, v in cells[rk].items()}
         line: dict = dict(zip(spec.rows, rk))
@@ -141,7 +148,21 @@ def pivot(table: pa.Table, spec: PivotSpec) -> list[dict]:
         for label, top, bottom in ratios:
             a, b = values.get(top), values.get(bottom)
             line[label] = a / b if a is not None and b else None
+            hw_a, hw_b = hardware.get((rk, top), set()), hardware.get((rk, bottom), set())
+            if line[label] is not None and (len(hw_a | hw_b) > 1):
+                line[label] = None  # two machines: no ratio
+                where = " ".join(f"{c}={_label(v)}" for c, v in zip(spec.rows, rk))
+                mixed.append(
+                    f"{where} ({name(top)} on {', '.join(sorted(hw_a))}; "
+                    f"{name(bottom)} on {', '.join(sorted(hw_b))})"
+                )
         out.append(line)
+    if mixed and notes is not None:
+        more = f"; and {len(mixed) - 3} more" if len(mixed) > 3 else ""
+        notes.append(
+            f"mixed hw: {len(mixed)} ratio(s) left empty where the two sides ran on different "
+            f"hardware: {'; '.join(mixed[:3])}{more}"
+        )
     return out
 
 
