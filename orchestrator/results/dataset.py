@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from orchestrator.errors import ResultsError
 from orchestrator.run.manifest import join_manifests, manifest_table, read_manifests
+from orchestrator.run.storage import Location, resolve
 from orchestrator.run.store import ResultStore
 from workers.record import Status
 
@@ -66,19 +67,21 @@ SUMMARY_COLUMNS = (
 )
 
 
-def job_dirs(path: Path) -> list[Path]:
-    """The job directories at `path`: itself when it holds results files, else its
-    subdirectories that do (a job named like a part file is a job, not a file); ResultsError
-    when there are none."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ResultsError(f"{path}: no such results directory")
-    if ResultStore(path).part_files():
-        return [path]
-    found = sorted(d for d in path.iterdir() if d.is_dir() and ResultStore(d).part_files())
+def job_dirs(path: Path | str | Location) -> list[Path | Location]:
+    """The job directories at `path` (a local path or a storage URI): itself when it holds
+    results files, else its subdirectories that do (a job named like a part file is a job, not a
+    file); ResultsError when there are none. Local ones come back as Paths, others as
+    Locations (whose str() is the URI)."""
+    root = resolve(path)
+    if not root.is_dir():
+        raise ResultsError(f"{root.uri}: no such results directory")
+    if ResultStore(root).part_files():
+        found = [root]
+    else:
+        found = [d for d in root.list_dirs() if ResultStore(d).part_files()]
     if not found:
-        raise ResultsError(f"{path}: no results files found")
-    return found
+        raise ResultsError(f"{root.uri}: no results files found")
+    return [d.local_path() if d.is_local else d for d in found]
 
 
 def load_results(
