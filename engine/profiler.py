@@ -168,41 +168,65 @@ class MemoryProfiler:
 
 
 # --- TorchProfiler ------------------------------------------------------------------------------
+def _name_params(params: dict) -> dict:
+    """The file-name parameters of ``profile_function``, with the seed's ``prompt_length``
+    accepted for ``prompt_len``; unknown names are refused."""
+    params = dict(params)
+    if "prompt_length" in params:
+        length = params.pop("prompt_length")
+        if params.setdefault("prompt_len", length) != length:
+            raise ValueError(f"prompt_length={length} and prompt_len={params['prompt_len']} "
+                             "disagree: pass one of them")
+    unknown = set(params) - set(NAME_PARAMS)
+    if unknown:
+        raise ValueError(f"unknown params {sorted(unknown)}: expected method, prompt_len (or "
+                         "prompt_length), max_tokens, batch_size, temperature")
+    return params
+
+
 def format_temperature(temperature: float) -> str:
     """``0.7 -> "0p7"``, ``0 -> "0p0"``, ``1 -> "1p0"``: file-name safe."""
     return repr(float(temperature)).replace(".", "p")
 
 
 def profile_filename(
-    method: str, prompt_len: int, max_tokens: int, batch_size: int = 1,
+    method: str | None, prompt_len: int, max_tokens: int, batch_size: int = 1,
     temperature: float = 0.0, when: datetime | None = None,
 ) -> str:
-    """``profile_<method>_<YYYYMMDD_HHMMSS>_prompt<N>_gen<M>[_bs<B>]_t<T>.json``.
+    """``profile_[<method>_]<YYYYMMDD_HHMMSS>_prompt<N>_gen<M>[_bs<B>]_t<T>.json``.
 
-    The batch part is left out for batch 1:
+    The method part is left out when ``method`` is None (the seed's own call names none), the
+    batch part for batch 1:
 
     >>> profile_filename("cached", 128, 64, 4, 0.7, datetime(2025, 1, 2, 3, 4, 5))
     'profile_cached_20250102_030405_prompt128_gen64_bs4_t0p7.json'
+    >>> profile_filename(None, 128, 64, 1, 0.0, datetime(2025, 1, 2, 3, 4, 5))
+    'profile_20250102_030405_prompt128_gen64_t0p0.json'
     """
     stamp = (when or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    head = f"profile_{method}_" if method else "profile_"
     batch = f"_bs{batch_size}" if batch_size != 1 else ""
-    return (f"profile_{method}_{stamp}_prompt{prompt_len}_gen{max_tokens}{batch}"
+    return (f"{head}{stamp}_prompt{prompt_len}_gen{max_tokens}{batch}"
             f"_t{format_temperature(temperature)}.json")
 
 
 def profile_dir(model_tag: str | None = None, base_dir: str | os.PathLike | None = None,
                 output_dir: str | os.PathLike | None = None) -> Path:
-    """``<base>/base_checkpoints/<model_tag>/profiles`` for a model tag (base defaults to
-    ``$NANOCHAT_BASE_DIR``), else ``output_dir``."""
+    """``<base>/base_checkpoints/<model_tag>/profiles`` for a model tag, else ``output_dir``.
+
+    ``<base>`` is ``base_dir``, else ``$NANOCHAT_BASE_DIR``, else the current directory (the
+    seed's relative ``base_checkpoints/<model_tag>/profiles/``).
+    """
     if model_tag is not None:
-        base = base_dir if base_dir is not None else os.environ.get("NANOCHAT_BASE_DIR")
-        if not base:
-            raise ValueError(f"profiles of model {model_tag!r} go under <base>/base_checkpoints/: "
-                             "pass base_dir= or set NANOCHAT_BASE_DIR")
+        if not isinstance(model_tag, str) or not model_tag or "/" in model_tag \
+                or model_tag in (".", ".."):
+            raise ValueError(f"model_tag must name one directory, like 'd[6,12]-h[768,1536]', "
+                             f"got {model_tag!r}")
+        base = base_dir if base_dir is not None else os.environ.get("NANOCHAT_BASE_DIR") or "."
         return Path(base) / "base_checkpoints" / model_tag / "profiles"
     if output_dir is None:
-        raise ValueError("auto_save needs a directory: pass model_tag= (with base_dir= or "
-                         "NANOCHAT_BASE_DIR) or output_dir=")
+        raise ValueError("auto_save needs a directory: pass model_tag= (profiles go under "
+                         "<base>/base_checkpoints/<model_tag>/profiles) or output_dir=")
     return Path(output_dir)
 
 
@@ -318,23 +342,27 @@ class TorchProfiler:
     ) -> ProfileRun:
         """Call ``fn()`` ``warmup_iters`` times unprofiled, then ``profile_iters`` times profiled.
 
-        ``params`` name the run: ``method``, ``prompt_len``, ``max_tokens`` (required when
-        saving), ``batch_size`` (default 1), ``temperature`` (default 0.0); see
-        ``profile_filename`` and ``profile_dir`` for where the trace goes.
+        ``params`` name the saved trace: ``prompt_len`` (or the seed's ``prompt_length``) and
+        ``max_tokens`` (required when saving), ``method`` (optional), ``batch_size`` (default 1),
+        ``temperature`` (default 0.0); see ``profile_filename`` and ``profile_dir``. The seed's
+        call works as written:
+
+        >>> TorchProfiler("cpu").profile_function(
+        ...     fn, warmup_iters=3, profile_iters=10, auto_save=True, prompt_length=128,
+        ...     max_tokens=64, batch_size=1, temperature=0.0,
+        ...     model_tag="d[6,12]-h[768,1536]")                         # doctest: +SKIP
         """
         if warmup_iters < 0 or profile_iters < 1:
             raise ValueError(f"need warmup_iters >= 0 and profile_iters >= 1, got "
                              f"{warmup_iters} and {profile_iters}")
+        params = _name_params(params)
         path = None
         if auto_save:
-            missing = [k for k in ("method", "prompt_len", "max_tokens") if k not in params]
+            missing = [k for k in ("prompt_len", "max_tokens") if k not in params]
             if missing:
                 raise ValueError(f"auto_save names the trace file from params: pass {missing}")
-            unknown = set(params) - set(NAME_PARAMS)
-            if unknown:
-                raise ValueError(f"unknown params {sorted(unknown)}: expected method, prompt_len, "
-                                 "max_tokens, batch_size, temperature")
-            path = profile_dir(model_tag, base_dir, output_dir) / profile_filename(**params)
+            path = profile_dir(model_tag, base_dir, output_dir) / profile_filename(
+                params.pop("method", None), **params)
         for _ in range(warmup_iters):
             fn()
         synchronize(self.device_type)

@@ -6,6 +6,7 @@ import json
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ TAG = "d[2,2]-h[32,64]"
 STAGE_REGIONS = {"embedding", "encoder_stage_0", "pool_1", "encoder_stage_1", "decoder_stage_1",
                  "unpool_1", "decoder_stage_0", "lm_head"}
 NAME_RE = re.compile(r"profile_(\w+?)_(\d{8}_\d{6})_prompt(\d+)_gen(\d+)(_bs\d+)?_t(\d+p\d+)\.json")
+SEED_NAME_RE = re.compile(r"profile_(\d{8}_\d{6})_prompt128_gen64_t0p0\.json")
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,8 @@ def test_profile_file_names():
             == "profile_naive_20250304_050607_prompt16_gen8_bs4_t0p7.json")
     assert [format_temperature(t) for t in (0, 1, 1.25, 0.05)] == ["0p0", "1p0", "1p25", "0p05"]
     assert NAME_RE.fullmatch(profile_filename("cached", 1, 2, temperature=1.0))
+    assert (profile_filename(None, 128, 64, 1, 0.0, when)
+            == "profile_20250304_050607_prompt128_gen64_t0p0.json")
 
 
 def test_profile_dir(tmp_path, monkeypatch):
@@ -127,10 +131,11 @@ def test_profile_dir(tmp_path, monkeypatch):
     assert profile_dir(tag) == tmp_path / "env" / "base_checkpoints" / tag / "profiles"
     assert profile_dir(output_dir=tmp_path / "out") == tmp_path / "out"
     monkeypatch.delenv("NANOCHAT_BASE_DIR")
-    with pytest.raises(ValueError, match="pass base_dir= or set NANOCHAT_BASE_DIR"):
-        profile_dir(tag)
+    assert profile_dir(tag) == Path(".") / "base_checkpoints" / tag / "profiles"  # the seed's
     with pytest.raises(ValueError, match="pass model_tag= .* or output_dir="):
         profile_dir()
+    with pytest.raises(ValueError, match="model_tag must name one directory"):
+        profile_dir("../x")
 
 
 # --- TorchProfiler --------------------------------------------------------------------------------
@@ -172,6 +177,43 @@ def test_profile_function_saves_under_the_model_tag(engine, tmp_path):
     assert STAGE_REGIONS <= _names(run.path)
     assert {r.region for r in run.regions} >= STAGE_REGIONS
     assert "decoder_stage_0" in run.table()
+
+
+@pytest.mark.parametrize("base", ["cwd", "env"])
+def test_the_seeds_profile_call_works_verbatim(engine, tmp_path, monkeypatch, base):
+    """The call from the seed's documentation, as written (issue 15, category 9)."""
+    monkeypatch.chdir(tmp_path)
+    if base == "env":
+        monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "nanochat"))
+    else:
+        monkeypatch.delenv("NANOCHAT_BASE_DIR", raising=False)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        engine.generate_batch([1, 2, 3, 4], max_tokens=2)
+
+    before = datetime.now().replace(microsecond=0)
+    result = TorchProfiler("cpu").profile_function(fn, warmup_iters=3, profile_iters=10, auto_save=True, prompt_length=128, max_tokens=64, batch_size=1, temperature=0.0, model_tag="d[6,12]-h[768,1536]")
+    root = tmp_path / "nanochat" if base == "env" else Path(".")  # the seed's relative path
+    expected_dir = root / "base_checkpoints" / "d[6,12]-h[768,1536]" / "profiles"
+    assert result.path.parent == expected_dir and len(calls) == 13
+    match = SEED_NAME_RE.fullmatch(result.path.name)
+    assert match, result.path.name
+    assert datetime.strptime(match.group(1), "%Y%m%d_%H%M%S") >= before
+    assert result.path.is_file() and (tmp_path / expected_dir / result.path.name).is_file()
+    assert STAGE_REGIONS <= _names(result.path)
+
+
+def test_profile_function_names_the_method_when_given(engine, tmp_path):
+    run = TorchProfiler("cpu").profile_function(
+        lambda: engine.generate_batch([1, 2], max_tokens=2), warmup_iters=0, profile_iters=1,
+        output_dir=tmp_path, method="naive", prompt_length=2, max_tokens=2, temperature=0.7)
+    match = NAME_RE.fullmatch(run.path.name)
+    assert match and match.group(1, 3, 4, 6) == ("naive", "2", "2", "0p7")
+    with pytest.raises(ValueError, match="prompt_length=3 and prompt_len=2 disagree"):
+        TorchProfiler("cpu").profile_function(lambda: None, output_dir=tmp_path, prompt_len=2,
+                                              prompt_length=3, max_tokens=1)
 
 
 def test_profile_function_without_saving_and_errors(engine, tmp_path):
