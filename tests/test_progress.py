@@ -30,8 +30,14 @@ def progress_log():
 
 
 def ok(worker: int = 0, **extra) -> dict:
-    return {"status": "ok", "worker_index": worker, "decode_tok_s": 1234.5, "ttft_ms": 2.5,
-            "cell_wall_s": 1.5, **extra}
+    return {
+        "status": "ok",
+        "worker_index": worker,
+        "decode_tok_s": 1234.5,
+        "ttft_ms": 2.5,
+        "cell_wall_s": 1.5,
+        **extra,
+    }
 
 
 def events(progress) -> None:
@@ -39,12 +45,19 @@ def events(progress) -> None:
     progress.started(0, "cached b=1")
     progress.started(1, "naive b=1")
     progress.finished(ok(0), "cached b=1", final=True)
-    progress.finished({"status": "error", "worker_index": 1,
-                       "error": "worker died: x; retrying (1 of 3 tries used)"},
-                      "naive b=1", final=False)
+    progress.finished(
+        {
+            "status": "error",
+            "worker_index": 1,
+            "error": "worker died: x; retrying (1 of 3 tries used)",
+        },
+        "naive b=1",
+        final=False,
+    )
     progress.started(1, "naive b=1")
-    progress.finished({"status": "oom", "worker_index": 1, "error": "out of memory"},
-                      "naive b=1", final=True)
+    progress.finished(
+        {"status": "oom", "worker_index": 1, "error": "out of memory"}, "naive b=1", final=True
+    )
     progress.finished({"status": "skipped_oom", "error": "not run"}, "naive b=8", final=True)
     progress.end()
 
@@ -101,3 +114,43 @@ def test_modes():
     assert isinstance(make_progress("bar", stream=io.StringIO()), BarProgress)
     assert isinstance(make_progress("off", stream=Terminal()), NoProgress)
     assert [duration(s) for s in (0.4, 59, 61, 7200)] == ["0s", "59s", "1m01s", "2h00m"]
+
+
+def test_eta_per_method_from_finished_cells(progress_log):
+    """Naive cells take 10 s, cached ones 0.2 s: the ETA counts each remaining cell at its own
+    method's pace (the old average pace over all cells would say 5 s per cell)."""
+    from orchestrator.spec.grid import expand_cells
+    from orchestrator.spec.job import load_job_spec
+
+    cells = expand_cells(load_job_spec("jobs/sweep.yaml"))  # 6 naive, 6 cached
+    naive = [c for c in cells if c.method == "naive"]
+    cached = [c for c in cells if c.method == "cached"]
+    progress = LineProgress()
+    progress.begin(total=12, skipped=0, to_run=12, cells=cells)
+
+    def finish(cell, wall, **extra):
+        progress.started(0, cell.label())
+        record = ok(0, cell_id=cell.cell_id, method=cell.method, cell_wall_s=wall, **extra)
+        progress.finished(record, cell.label(), final=True)
+
+    finish(cached[0], 0.2)
+    # no naive cell measured yet: counted as the slowest method seen, and the ETA says ">="
+    assert progress.state.estimate() == (pytest.approx(11 * 0.2), False)
+    assert "ETA >=2s" in progress_log.getvalue().splitlines()[-1]
+    finish(naive[0], 12.0, model_load_s=2.0)  # the model load is not the cell's pace
+    seconds, complete = progress.state.estimate()
+    assert complete and seconds == pytest.approx(5 * 10.0 + 5 * 0.2)
+    assert progress_log.getvalue().splitlines()[-1].endswith("2 ok, 0 failed, ETA 51s")
+    # a second worker halves it; a naive cell running for 4 s already counts 4 s less
+    progress.started(1, naive[1].label())
+    progress.state.running[1] = (naive[1].label(), progress.state.running[1][1] - 4.0)
+    assert progress.state.eta() == pytest.approx((51.0 - 4.0) / 2, abs=0.1)
+    progress.end()
+
+
+def test_eta_without_cells_keeps_the_average_pace():
+    progress = LineProgress()
+    progress.begin(total=3, skipped=0, to_run=3)
+    progress.finished(ok(0), "cached b=1", final=True)
+    eta = progress.state.eta()
+    assert eta is not None and eta == pytest.approx(progress.state.elapsed * 2, rel=0.5)

@@ -2,7 +2,7 @@
 
 The driver reports through four calls (the `Progress` protocol):
 
-    progress.begin(total=12, skipped=2, to_run=10)   # once, before the first cell starts
+    progress.begin(total=12, skipped=2, to_run=10, cells=todo)   # once, before the first cell
     progress.started(worker=0, label="... cached b=1 p=32 n=32")
     progress.finished(record, label, final=True)    # final=False: a failed try to be retried
     progress.end()
@@ -13,6 +13,13 @@ logger (so `-q` silences it and log files keep it). `BarProgress` keeps those fi
 adds, at the bottom of the terminal, a bar with done/total, ok/failed counts, the elapsed time and
 the ETA, and one line per worker with the cell it is running; it redraws twice a second and
 moves itself out of the way of any log line. It uses only `\\r` and ANSI escapes.
+
+The ETA adds up, over the cells still to run, how long finished cells of the same kind took on
+their worker (`cell_wall_s` less `model_load_s`): the same model, method and sizes, else the same
+model and method, else the same method; divided by the number of workers. Naive cells can take
+a hundred times longer than cached ones, so a pace averaged over all cells would be far off.
+While a method has not finished a cell yet, its cells count as the slowest method seen so far and
+the ETA reads ">=".
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
+from orchestrator.run.eta import EtaEstimator
 from workers.record import Status
 
 log = logging.getLogger(__name__)
@@ -39,7 +47,9 @@ BAR_WIDTH = 24
 class Progress(Protocol):
     """What the driver calls as cells start and finish."""
 
-    def begin(self, *, total: int, skipped: int, to_run: int) -> None: ...
+    def begin(
+        self, *, total: int, skipped: int, to_run: int, cells: Sequence[Any] = ()
+    ) -> None: ...
     def started(self, worker: int, label: str) -> None: ...
     def finished(self, record: dict, label: str, *, final: bool) -> None: ...
     def end(self) -> None: ...
@@ -73,11 +83,19 @@ class ProgressState:
     failed: int = 0
     t0: float = field(default_factory=time.monotonic)
     running: dict[int, tuple[str, float]] = field(default_factory=dict)  # worker -> label, since
+    estimator: EtaEstimator | None = None  # per-kind ETA when the driver passed the cells
+    workers: set[int] = field(default_factory=set)  # every worker that started a cell
+
+    def start(self, worker: int, label: str) -> None:
+        self.running[worker] = (label, time.monotonic())
+        self.workers.add(worker)
 
     def finish(self, record: dict, *, final: bool) -> None:
         worker = record.get("worker_index")
         if worker is not None:
             self.running.pop(worker, None)
+        if self.estimator is not None:
+            self.estimator.finished(record, final=final)
         if not final:
             return
         self.done += 1
@@ -91,13 +109,26 @@ class ProgressState:
         return time.monotonic() - self.t0
 
     def eta(self) -> float | None:
-        """Seconds left at the pace so far (None before the first cell finishes)."""
+        """Seconds left (None before the first cell finishes); see the module docstring."""
+        return None if (est := self.estimate()) is None else est[0]
+
+    def estimate(self) -> tuple[float, bool] | None:
+        """(seconds left, whether every remaining method has been measured)."""
         if not self.done:
             return None
-        return self.elapsed / self.done * max(0, self.to_run - self.done)
+        if self.estimator is not None:
+            workers = len(self.workers) or 1
+            est = self.estimator.seconds_left(self.running, workers, time.monotonic())
+            if est is not None:
+                return est
+        return self.elapsed / self.done * max(0, self.to_run - self.done), True
 
     def counts(self) -> str:
-        eta = "" if self.done >= self.to_run else f", ETA {duration(self.eta())}"
+        eta = ""
+        if self.done < self.to_run:
+            est = self.estimate()
+            at_least = "" if est is None or est[1] else ">="
+            eta = f", ETA {at_least}{duration(None if est is None else est[0])}"
         return f"{self.ok} ok, {self.failed} failed{eta}"
 
 
@@ -117,11 +148,12 @@ class LineProgress:
     def __init__(self) -> None:
         self.state = ProgressState()
 
-    def begin(self, *, total: int, skipped: int, to_run: int) -> None:
-        self.state = ProgressState(total=total, skipped=skipped, to_run=to_run)
+    def begin(self, *, total: int, skipped: int, to_run: int, cells: Sequence[Any] = ()) -> None:
+        estimator = EtaEstimator.for_cells(cells) if cells else None
+        self.state = ProgressState(total=total, skipped=skipped, to_run=to_run, estimator=estimator)
 
     def started(self, worker: int, label: str) -> None:
-        self.state.running[worker] = (label, time.monotonic())
+        self.state.start(worker, label)
         log.debug("worker %d: started %s", worker, label)
 
     def finished(self, record: dict, label: str, *, final: bool) -> None:
@@ -175,8 +207,8 @@ class BarProgress(LineProgress):
         self._thread: threading.Thread | None = None
         self._swapped: list[logging.StreamHandler] = []
 
-    def begin(self, *, total: int, skipped: int, to_run: int) -> None:
-        super().begin(total=total, skipped=skipped, to_run=to_run)
+    def begin(self, *, total: int, skipped: int, to_run: int, cells: Sequence[Any] = ()) -> None:
+        super().begin(total=total, skipped=skipped, to_run=to_run, cells=cells)
         proxy = _BarStream(self)
         for name in ("orchestrator", "workers", ""):
             for handler in logging.getLogger(name).handlers:
@@ -249,7 +281,9 @@ class BarProgress(LineProgress):
 class NoProgress:
     """Reports nothing."""
 
-    def begin(self, *, total: int, skipped: int, to_run: int) -> None: ...
+    def begin(
+        self, *, total: int, skipped: int, to_run: int, cells: Sequence[Any] = ()
+    ) -> None: ...
     def started(self, worker: int, label: str) -> None: ...
     def finished(self, record: dict, label: str, *, final: bool) -> None: ...
     def end(self) -> None: ...
@@ -277,9 +311,11 @@ def _isatty(stream: IO[str]) -> bool:
 
 
 @contextmanager
-def reporting(progress: Progress, *, total: int, skipped: int, to_run: int) -> Iterator[Progress]:
-    """begin() ... end(), even when the run is interrupted."""
-    progress.begin(total=total, skipped=skipped, to_run=to_run)
+def reporting(
+    progress: Progress, *, total: int, skipped: int, to_run: int, cells: Sequence[Any] = ()
+) -> Iterator[Progress]:
+    """begin() ... end(), even when the run is interrupted (`cells`: those to run, for the ETA)."""
+    progress.begin(total=total, skipped=skipped, to_run=to_run, cells=cells)
     try:
         yield progress
     finally:

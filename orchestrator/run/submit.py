@@ -237,7 +237,9 @@ def _run(
         raise
     status, error = "failed", None
     try:
-        with reporting(run.progress, total=run.total, skipped=run.skipped, to_run=len(todo)):
+        with reporting(
+            run.progress, total=run.total, skipped=run.skipped, to_run=len(todo), cells=todo
+        ):
             Dispatcher(
                 todo,
                 job.workers,
