@@ -41,6 +41,7 @@ from orchestrator.errors import QueryError, ResultsError
 from orchestrator.results.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
 from orchestrator.results.hardware import hardware_id
 from orchestrator.results.query import distinct
+from orchestrator.run.storage import is_uri
 from workers.record import MODEL_KEYS, PARAM_KEYS
 
 DEFAULT_K = 3.0
@@ -102,11 +103,12 @@ def is_flagged(
     return diff > k * math.hypot(sa, sb) and diff > min_change * abs(a)
 
 
-def resolve_side(arg: str, results: Path | None) -> Side:
-    """A results directory, or a run id (unique prefix, `latest`, `previous`) in `results`."""
-    path = Path(arg)
-    if path.is_dir():
-        return Side(str(path), ok_rows(load_results(path, latest=True)))
+def resolve_side(arg: str, results: Path | str | None) -> Side:
+    """A results directory or storage URI, or a run id (unique prefix, `latest`, `previous`) in
+    `results`."""
+    if is_uri(arg) or Path(arg).is_dir():
+        name = arg if is_uri(arg) else str(Path(arg))
+        return Side(name, ok_rows(load_results(arg, latest=True)))
     if results is None:
         raise ResultsError(f"{arg}: not a directory; to compare run ids, pass --results DIR")
     table = load_results(results)

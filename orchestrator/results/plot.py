@@ -262,7 +262,9 @@ def write_plots(path: Path, out: Path | None = None, custom: PlotSpec | None = N
     dirs = job_dirs(path)
     for job_dir in dirs:
         rows = ok_rows(load_results(job_dir, latest=True))
-        target = (out / job_dir.name if len(dirs) > 1 else out) if out else job_dir / PLOTS_DIR
+        # a job on an object store gets its plots locally, in ./plots/<job> (unless --out)
+        here = job_dir / PLOTS_DIR if isinstance(job_dir, Path) else Path("plots") / job_dir.name
+        target = (out / job_dir.name if len(dirs) > 1 else out) if out else here
         if not rows:
             log.warning("%s: no ok rows to plot", job_dir)
             continue

@@ -232,17 +232,10 @@ def _pause(point: str) -> None:
 def compact_path(path: Path) -> list[str]:
     """`python -m orchestrator compact PATH`: compact the job at PATH, or every job in the
     results root PATH, each under its lock; one line per job."""
-    from orchestrator.errors import ResultsError
+    from orchestrator.results.dataset import job_dirs
     from orchestrator.run.store import ResultStore
 
-    path = Path(path)
-    if not path.is_dir():
-        raise ResultsError(f"{path}: no such results directory")
-    jobs = [path] if ResultStore(path).part_files() else sorted(
-        d for d in path.iterdir() if d.is_dir() and ResultStore(d).part_files()
-    )
-    if not jobs:
-        raise ResultsError(f"{path}: no results files found")
+    jobs = job_dirs(path)  # a local path or a storage URI
     lines = []
     for job_dir in jobs:
         store = ResultStore(job_dir)
