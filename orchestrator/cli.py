@@ -7,7 +7,11 @@
         --continue-run what an interrupted run left; refuses jobs over --max-cells (1,000,000)
         exit 0: every cell ok; 1: some cells failed (the rest are saved);
         2: invalid spec or arguments (nothing run, no results directory created);
+        3: storage fault (disk full, read-only, a file where a directory belongs, a refused
+           object-store request): one line naming the path and the cause; finished rows stay;
         130: interrupted (finished cells saved; the command it prints resumes).
+    --results and every RESULTS_DIR take a local path or a storage URI (s3://bucket/prefix,
+    gs://..., hdfs://...; see orchestrator/run/storage.py).
     summarize RESULTS_DIR      print the summary tables of stored results again
     query, compare, plot, summarize --pivot, submit --progress/--plot: see results_cli.py
 
@@ -26,9 +30,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from orchestrator import results_cli
-from orchestrator.errors import Interrupted, OrchestratorError, ResultsError, SpecError
-from orchestrator.results.dataset import summary_rows
-from orchestrator.run.store import ResultStore
+from orchestrator.errors import Interrupted, OrchestratorError, SpecError
+from orchestrator.results.dataset import job_dirs, summary_rows
 from orchestrator.spec.grid import (
     DEFAULT_MAX_CELLS,
     cell_limit_error,
@@ -174,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compact":
             from orchestrator.run.compact import compact_path
 
-            for line in compact_path(Path(args.results_dir)):
+            for line in compact_path(args.results_dir):
                 print(line)
             return 0
         if results_cli.wants_pivot(args):
             return results_cli.summarize_pivot(args)
-        return _summarize(Path(args.results_dir), args)
+        return _summarize(args.results_dir, args)
     except OrchestratorError as e:
         print(str(e) if isinstance(e, (SpecError, Interrupted)) else f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -202,7 +205,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         outcome = submit_job(
             job,
-            Path(args.results),
+            args.results,  # a path or a storage URI: never a Path (it would mangle s3://)
             address=args.address,
             fresh=args.fresh,
             rerun_failed=args.rerun == "failed",
@@ -250,17 +253,8 @@ def _local_cpu_memory(args: argparse.Namespace) -> int | None:
     return memory.host_memory_bytes()
 
 
-def _summarize(results_dir: Path, args: argparse.Namespace | None = None) -> int:
-    if not results_dir.is_dir():
-        raise ResultsError(f"{results_dir}: no such results directory")
-    job_dirs = (
-        [results_dir]
-        if ResultStore(results_dir).part_files()
-        else sorted(d for d in results_dir.iterdir() if d.is_dir() and ResultStore(d).part_files())
-    )
-    if not job_dirs:
-        raise ResultsError(f"{results_dir}: no results files found")
-    for i, job_dir in enumerate(job_dirs):
+def _summarize(results_dir: str, args: argparse.Namespace | None = None) -> int:
+    for i, job_dir in enumerate(job_dirs(results_dir)):  # a local path or a storage URI
         rows, bad_files = summary_rows(job_dir)  # only the columns the tables show
         if i:
             print()
