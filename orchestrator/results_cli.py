@@ -64,7 +64,7 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     c = sub.add_parser("compare", parents=parents, help="compare two runs cell by cell")
     c.add_argument("a", metavar="A", help="run id (or unique prefix) or results directory")
     c.add_argument("b", metavar="B", help="run id (or unique prefix) or results directory")
-    c.add_argument("--results", type=Path, help="where to find run ids (job dir or results root)")
+    c.add_argument("--results", help="where to find run ids (job dir, results root or URI)")
     c.add_argument(
         "--metrics", help=f"metrics, comma-separated (default: {','.join(compare_mod.METRICS)})"
     )
@@ -183,7 +183,7 @@ def summarize_pivot(args: argparse.Namespace) -> int:
         ratio=parse_ratio(args.ratio),
         agg=args.agg,
     )
-    table = load_results(Path(args.results_dir), latest=True)
+    table = load_results(args.results_dir, latest=True)
     table = table.filter(pc.field("status") == Status.OK.value)
     notes: list[str] = []
     print(render(pivot(table, spec, notes), args.format))
@@ -202,7 +202,7 @@ def _query(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     table = query_results(
-        Path(args.results_dir), spec, latest=args.latest, manifests=args.join_manifest
+        args.results_dir, spec, latest=args.latest, manifests=args.join_manifest
     )
     print(render(table, args.format))
     return 0
@@ -248,7 +248,7 @@ def _plot(args: argparse.Namespace) -> int:
         custom = PlotSpec(
             x=args.x, y=args.y, hue=args.hue, col=args.col, logx=args.logx, logy=args.logy
         )
-    written = write_plots(Path(args.results_dir), args.out, custom)
+    written = write_plots(args.results_dir, args.out, custom)
     for path in written:
         print(path)
     return 0 if written else 1
