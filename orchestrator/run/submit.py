@@ -26,7 +26,7 @@ from orchestrator.results import summary
 from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs
 from orchestrator.run.plan import plan_cells
 from orchestrator.run.progress import LineProgress, Progress, reporting
-from orchestrator.run.storage import storage_errors
+from orchestrator.run.storage import resolve, storage_errors
 from orchestrator.run.store import ResultStore
 from orchestrator.spec.grid import CellSpec, expand_cells
 from orchestrator.spec.job import JobSpec
@@ -131,7 +131,7 @@ class _Progress:
 
 def submit_job(
     job: JobSpec,
-    results_root: Path,
+    results_root: Path | str,
     *,
     address: str | None = None,
     backend: Any = None,
@@ -148,8 +148,10 @@ def submit_job(
     goes into the run manifest, `<job dir>/_manifests/<run_id>.json`."""
     t0 = time.perf_counter()
     cells = expand_cells(job)
-    job_dir = Path(results_root) / job.name
-    created = [p for p in (Path(results_root), job_dir) if not p.exists()]
+    root = resolve(results_root)  # a local path (made absolute) or a storage URI
+    # a local job dir is a Path (printed absolute, never cwd-relative), a remote one a Location
+    job_dir = root.local_path() / job.name if root.is_local else root / job.name
+    created = [p for p in (root.local_path(), job_dir) if not p.exists()] if root.is_local else []
     store = ResultStore(job_dir)
     store.lock()
     try:
@@ -223,7 +225,7 @@ def _run(
     recorder = _Progress(store, job, todo, run_id, run.progress)
     try:
         manifest = RunManifest.start(
-            store.job_dir,
+            store.location,
             run_id,
             job,
             run.invocation,
