@@ -1,14 +1,28 @@
-"""Orchestration overhead: 50 trivially small cells on one local CPU worker.
+"""Orchestration overhead: how fast the driver feeds workers trivially small cells.
 
-    python benchmarks/orchestration_overhead.py [RESULTS_DIR]
+    python benchmarks/orchestration_overhead.py [--cells 2000] [--workers 1,2,4,8] [--engine]
 
-Overhead = wall time of the whole submit minus the sum of the cells' own measured wall times,
-per cell; and the same for the dispatch loop alone (first cell start to last cell finish), which
-leaves out Ray's start-up and the model load.
+On a local Ray with 8 declared CPUs (`ray.init(num_cpus=8)`, whatever the machine has), for each
+worker count it runs one job of trivially small cells and reports:
+
+- `dispatch`: the Dispatcher alone, rows discarded (Ray round trips, queueing, bookkeeping);
+- `submit`: the whole `submit_job` path, rows written to a Parquet results dir by the writer
+  thread, progress off.
+
+cells/s = cells / span and driver CPU/cell = `time.process_time()` of the driver process (every
+thread: dispatch loop, writer, Ray's client threads) over the same span / cells, where the span
+runs from the first cell handed to a worker until every row is written. Worker start-up is
+outside the span. Cells use a trivial in-process backend (the worker returns fixed metrics at
+once: the real engine's smallest cell takes milliseconds, which would measure the engine);
+`--engine` runs the real engine on the smallest cell instead.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -16,30 +30,136 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from orchestrator.run.dispatch import Dispatcher
 from orchestrator.run.submit import submit_job
+from orchestrator.spec.grid import expand_cells
 from orchestrator.spec.job import parse_job_spec
 from orchestrator.spec.source import Document
 
-JOB = {
-    "name": "overhead",
-    "model": {"tag": "d[2,2]-h[64,128]", "vocab_size": 256, "sequence_len": 64, "head_dim": 32},
-    "grid": {"method": ["cached"], "batch_size": [1, 2, 3, 4, 5], "prompt_len": list(range(1, 11)),
-             "max_tokens": [2]},
-    "measure": {"warmup": 1, "repeats": 1},
-}
+DECLARED_CPUS = 8
 
 
-def main() -> int:
-    results = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="overhead-"))
-    start = time.perf_counter()
-    outcome = submit_job(parse_job_spec(Document(data=JOB)), results)
-    wall = time.perf_counter() - start
-    rows = outcome.rows
-    cell_sum = sum(r["cell_wall_s"] for r in rows)
-    span = (max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)).total_seconds()
-    print(f"{len(rows)} cells: submit {wall:.2f} s, sum of cell wall times {cell_sum:.2f} s")
-    print(f"overhead per cell, whole submit (Ray start, actor, model load): {(wall - cell_sum) / len(rows) * 1e3:.1f} ms")
-    print(f"overhead per cell, dispatch loop only: {(span - cell_sum) / len(rows) * 1e3:.1f} ms")
+class TrivialBackend:
+    """A worker backend that measures nothing: fixed metrics, no model."""
+
+    def device(self) -> str:
+        return "cpu"
+
+    def load(self, model: dict, *, device: str, dtype: str) -> object:
+        return object()
+
+    def measure(self, model: object, cell: dict, *, device: str) -> dict:
+        return {"decode_tok_s": 1.0, "ttft_ms": 1.0, "tokens_sha256": "0"}
+
+
+class SpanProgress:
+    """A silent Progress that clocks the span: first cell started -> end of the dispatch."""
+
+    def __init__(self) -> None:
+        self.t0: tuple[float, float] | None = None
+        self.t1: tuple[float, float] | None = None
+
+    def begin(self, *, total: int, skipped: int, to_run: int) -> None:
+        pass
+
+    def started(self, worker: int, label: str) -> None:
+        if self.t0 is None:
+            self.t0 = (time.perf_counter(), time.process_time())
+
+    def finished(self, record: dict, label: str, *, final: bool) -> None:
+        pass
+
+    def end(self) -> None:
+        self.t1 = (time.perf_counter(), time.process_time())
+
+    def rates(self, n: int) -> tuple[float, float]:
+        """(cells/s, driver CPU ms per cell)"""
+        assert self.t0 is not None and self.t1 is not None
+        wall, cpu = self.t1[0] - self.t0[0], self.t1[1] - self.t0[1]
+        return n / wall, cpu / n * 1e3
+
+
+def job_spec(name: str, n_cells: int, workers: int):
+    """n_cells cells (naive/cached pairs over batch sizes) of the smallest model."""
+    data = {
+        "name": name,
+        "model": {"tag": "d[2]-h[32]", "vocab_size": 256, "sequence_len": 64, "head_dim": 32},
+        "grid": {
+            "method": ["naive", "cached"],
+            "batch_size": list(range(1, n_cells // 2 + 1)),
+            "prompt_len": [1],
+            "max_tokens": [1],
+        },
+        "measure": {"warmup": 1, "repeats": 1},
+        "workers": {"cpu_workers": workers},
+    }
+    return parse_job_spec(Document(data=data))
+
+
+def run_dispatch(job, backend) -> tuple[int, float, float]:
+    cells = expand_cells(job)
+    span = SpanProgress()
+    rows: list[dict] = []
+    dispatcher = Dispatcher(
+        cells,
+        job.workers,
+        rows.append,
+        backend=backend,
+        on_start=lambda cell, worker: span.started(worker, ""),
+    )
+    dispatcher.run()
+    span.end()
+    assert len(rows) == len(cells) and all(r["status"] == "ok" for r in rows), rows[:1]
+    return (len(rows), *span.rates(len(rows)))
+
+
+def run_submit(job, backend, results: Path) -> tuple[int, float, float]:
+    span = SpanProgress()
+    outcome = submit_job(job, results, backend=backend, progress=span)
+    assert outcome.exit_code == 0 and outcome.ran == len(outcome.rows), outcome.summary_line()
+    return (outcome.ran, *span.rates(outcome.ran))
+
+
+def machine() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+    except OSError:
+        commit = "?"
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, commit {commit}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=2000, help="cells per run (default 2000)")
+    parser.add_argument("--workers", default="1,2,4,8", help="worker counts (default 1,2,4,8)")
+    parser.add_argument("--engine", action="store_true", help="real engine cells, not trivial")
+    parser.add_argument("--modes", default="dispatch,submit", help="dispatch,submit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import ray
+
+    ray.init(address="local", num_cpus=DECLARED_CPUS, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    backend = None if args.engine else TrivialBackend()
+    kind = "real engine, smallest cell" if args.engine else "trivial in-process backend"
+    print(f"{machine()}; local Ray with {DECLARED_CPUS} declared CPUs; cells: {kind}")
+    print(f"{'mode':<9} {'workers':>7} {'cells':>6} {'cells/s':>8} {'driver CPU ms/cell':>19}")
+    scratch = Path(tempfile.mkdtemp(prefix="overhead-"))
+    modes = args.modes.split(",")
+    try:
+        for w in (int(x) for x in args.workers.split(",")):
+            for mode in modes:
+                job = job_spec(f"overhead-{mode}-{w}", args.cells, w)
+                if mode == "dispatch":
+                    n, rate, cpu = run_dispatch(job, backend)
+                else:
+                    n, rate, cpu = run_submit(job, backend, scratch)
+                print(f"{mode:<9} {w:>7} {n:>6} {rate:>8.0f} {cpu:>19.2f}", flush=True)
+    finally:
+        ray.shutdown()
     return 0
 
 

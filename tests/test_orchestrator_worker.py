@@ -167,17 +167,20 @@ def test_a_worker_that_never_restarts_is_given_up(monkeypatch):
     """A restart that never answers (node gone, no GPU to place the actor on) must not hang the
     sweep: past the start timeout the worker is lost and gets no more cells."""
     from orchestrator.run import dispatch
+    from orchestrator.run.actors import Slot
     from orchestrator.spec.job import WorkersSpec
 
     dispatcher = dispatch.Dispatcher([], WorkersSpec(), on_record=lambda record: None)
-    slot = dispatch._Slot(index=0, handle=None)
+    slot = Slot(index=0, handle=None, state="restarting")
+    dispatcher.slots = [slot]
+    dispatcher.ever_ready = True
     probe = object()
-    dispatcher.restarting[probe] = slot
-    dispatcher.restart_deadlines[probe] = 10.0
+    dispatcher.probes[probe] = slot
+    dispatcher.probe_deadlines[probe] = 10.0
     monkeypatch.setattr(dispatch.time, "monotonic", lambda: 5.0)
-    dispatcher._check_restarts()
-    assert dispatcher.lost == set() and probe in dispatcher.restarting
+    dispatcher._check_probes()
+    assert dispatcher.lost == set() and probe in dispatcher.probes
     monkeypatch.setattr(dispatch.time, "monotonic", lambda: 11.0)
-    dispatcher._check_restarts()
-    assert dispatcher.lost == {0} and not dispatcher.restarting and not dispatcher.restart_deadlines
+    dispatcher._check_probes()
+    assert dispatcher.lost == {0} and not dispatcher.probes and not dispatcher.probe_deadlines
     assert 0 in dispatcher._busy()

@@ -48,6 +48,27 @@ MODEL_KEYS = (
 )
 
 
+def dominates(failed: dict, other: dict) -> bool:
+    """Whether cell `other` needs at least the memory of cell `failed` (same model, method and
+    dtype, no smaller in batch, prompt or new tokens), so it is not run once `failed` ran out of
+    memory. (orchestrator/run/dispatch.py applies the same rule to queued CellSpecs.)
+
+    >>> a = {"model": {"tag": "t"}, "method": "cached", "dtype": "float32", "batch_size": 2,
+    ...      "prompt_len": 8, "max_tokens": 4}
+    >>> dominates(a, {**a, "batch_size": 4}), dominates(a, {**a, "method": "naive"})
+    (True, False)
+    """
+    return (
+        failed.get("model") == other.get("model")
+        and failed.get("method") == other.get("method")
+        and failed.get("dtype") == other.get("dtype")
+        and all(
+            (other.get(k) or 0) >= (failed.get(k) or 0)
+            for k in ("batch_size", "prompt_len", "max_tokens")
+        )
+    )
+
+
 def params_of(cell: dict) -> dict:
     """The flat parameter columns of a cell dict: its params plus `model_<field>` columns.
 

@@ -1,138 +1,55 @@
-"""Running cells on Ray: start or join a cluster, create the worker actors, feed them cells.
+"""Running cells on Ray: feed the worker actors, collect one record per attempt.
 
-One actor per GPU (`num_gpus=gpus_per_worker`, across all nodes, up to `max_workers`), or
-`cpu_workers` actors with `num_cpus=1` on a cluster without GPUs. Actors pull cells from
-per-model queues, so an actor keeps the model it has loaded and a fast actor never waits for a
-slow one. Scheduling uses `ray.wait` with a timeout; nothing busy-waits.
+Each worker holds up to `DEPTH` cells at once: one running and the next already in the actor's
+queue, so the driver's round trip (record back, next cell out) hides behind the running cell.
+A cell's clock (`cell_timeout_s`, `started_at`) starts when it actually starts: when the cell
+before it on that worker has finished. Cells go out in units (the cells a summary compares, see
+cellqueue.py), each unit to one worker, and per-model queues keep a worker on the model it has
+loaded. Dispatch starts as soon as the first worker is ready; the others join as they come up.
+The driver waits only on each worker's running cell (plus cancelled and start-up calls), with
+`ray.wait` and a timeout; nothing busy-waits.
 
-Faults: a worker that dies mid-cell is restarted by Ray and the cell retried up to
-`workers.retries` times; a cell past `workers.cell_timeout_s` is recorded as `timeout` and its
-worker replaced; an `oom` cell makes the queued cells it dominates `skipped_oom`. A restarted
-worker gets no cell until it answers `ready()` again, so no cell is lost to a restarting actor.
+Faults: a worker that dies mid-cell is restarted by Ray and the cell retried (on that worker)
+up to `workers.retries` times; the cells queued behind it go back unrun. A cell past
+`workers.cell_timeout_s` is recorded as `timeout` and its worker replaced. An `oom` cell makes
+the cells it dominates `skipped_oom`, including those already in a worker's queue (cancelled
+before they start). A sticky CUDA error makes the driver replace that worker's process. A
+restarted worker gets no cell until it answers `ready()` again.
 
-Ray is imported here, in cluster.py (connecting) and in workers/actor.py only.
+Ray is imported here, in actors.py, cluster.py and workers/actor.py only.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from itertools import islice
 from typing import Any
 
 from orchestrator.errors import ClusterError, Interrupted
+from orchestrator.run.actors import (
+    Slot,
+    cluster_plan,
+    cpu_stand_in_allowed,
+    create_actors,
+    describe,
+    shortfall,
+)
+from orchestrator.run.cellqueue import CellQueue, Task
 from orchestrator.run.cluster import import_ray
 from orchestrator.spec.grid import CellSpec
 from orchestrator.spec.job import WorkersSpec
 from workers.record import SCHEMA_VERSION, Status, params_of
+from workers.worker import NOT_RUN_KEY, RESTART_KEY
 
 log = logging.getLogger(__name__)
 
 ACTOR_START_TIMEOUT_S = 180.0
 INTERRUPT_GRACE_S = 10.0
 WAIT_TICK_S = 1.0
-
-
-# ---------------------------------------------------------------------------------------------
-# actors
-
-
-@dataclass
-class WorkerPlan:
-    count: int
-    options: dict
-    kind: str  # "gpu" or "cpu"
-
-
-def plan_workers(spec: WorkersSpec, resources: dict, n_cells: int) -> WorkerPlan:
-    """How many actors and with which resource requests, from the cluster's resources.
-
-    >>> plan_workers(WorkersSpec(), {"CPU": 8.0, "GPU": 2.0}, 10).count
-    2
-    >>> plan_workers(WorkersSpec(cpu_workers=1), {"CPU": 8.0}, 10).options
-    {'num_cpus': 1}
-    """
-    gpus = float(resources.get("GPU", 0))
-    if gpus >= spec.gpus_per_worker:
-        count, options, kind = (
-            int(gpus // spec.gpus_per_worker),
-            {"num_gpus": spec.gpus_per_worker},
-            "gpu",
-        )
-    else:
-        cpus = max(1, int(resources.get("CPU", 1)))
-        count, options, kind = min(spec.cpu_workers, cpus), {"num_cpus": 1}, "cpu"
-    if spec.max_workers is not None:
-        count = min(count, spec.max_workers)
-    return WorkerPlan(count=max(1, min(count, max(1, n_cells))), options=options, kind=kind)
-
-
-@dataclass
-class _Slot:
-    index: int
-    handle: Any
-    provenance: dict = field(default_factory=dict)
-    model_key: str | None = None
-
-
-def _start_actors(plan: WorkerPlan, backend: Any) -> list[_Slot]:
-    ray = import_ray()
-    from workers.actor import RemoteCellActor
-
-    handles = [
-        RemoteCellActor.options(**plan.options, max_restarts=-1, max_task_retries=0).remote(
-            backend, logging.getLogger().getEffectiveLevel()
-        )
-        for _ in range(plan.count)
-    ]
-    pending = {h.ready.remote(): i for i, h in enumerate(handles)}
-    provenance: dict[int, dict] = {}
-    deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
-    while pending and time.monotonic() < deadline:
-        done, _ = ray.wait(
-            list(pending), num_returns=1, timeout=max(0.1, deadline - time.monotonic())
-        )
-        for ref in done:
-            i = pending.pop(ref)
-            try:
-                provenance[i] = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - any start failure: log it, go on
-                log.warning("worker %d failed to start: %s", i, " ".join(str(e).split())[:300])
-    for ref, i in pending.items():
-        log.warning(
-            "worker %d did not start within %.0fs (not enough %s resources?)",
-            i,
-            ACTOR_START_TIMEOUT_S,
-            plan.kind.upper(),
-        )
-    slots = []
-    for i, handle in enumerate(handles):
-        if i in provenance:
-            slots.append(_Slot(index=len(slots), handle=handle, provenance=provenance[i]))
-        else:
-            ray.kill(handle, no_restart=True)
-    if not slots:
-        raise ClusterError(
-            f"no worker actor could start ({plan.count} requested with "
-            f"{plan.options}); see the Ray log"
-        )
-    return slots
-
-
-# ---------------------------------------------------------------------------------------------
-# dispatching
-
-
-@dataclass
-class _Task:
-    cell: CellSpec
-    attempt: int
-    slot: _Slot | None = None
-    started: float = 0.0
-    started_at: str = ""
+DEPTH = 2  # cells held by one worker: the running one and one queued behind it
 
 
 def _now() -> str:
@@ -154,13 +71,13 @@ class Dispatcher:
     """Feeds cells to actors and reports every finished attempt through `on_record`.
 
     `first_attempt` maps cell_id -> the attempt number to start from (resume continues the
-    numbering). `on_record(record)` is called in the driver for every attempt, in finishing order;
-    `on_start(cell, worker_index)`, if given, when a cell is sent to a worker.
+    numbering). `on_record(record)` is called in the driver's thread for every attempt, in
+    finishing order; `on_start(cell, worker_index)`, if given, when a cell starts on a worker.
     """
 
     def __init__(
         self,
-        cells: list[CellSpec],
+        cells: Iterable[CellSpec],
         workers: WorkersSpec,
         on_record: Callable[[dict], None],
         *,
@@ -174,15 +91,32 @@ class Dispatcher:
         self.on_record = on_record
         self.backend = backend
         self.first_attempt = first_attempt or {}
-        self.queues: OrderedDict[str, deque] = OrderedDict()
-        self.inflight: dict[Any, _Task] = {}
-        self.slots: list[_Slot] = []
-        self.restarting: dict[Any, _Slot] = {}  # ready() probe -> slot whose actor restarts
-        self.restart_deadlines: dict[Any, float] = {}  # probe -> when to give the worker up
-        self.lost: set[int] = set()  # slots whose actor could not be restarted
+        self.queue = CellQueue()
+        self.inflight: dict[Any, Task] = {}  # run() call -> its task
+        self.slots: list[Slot] = []
+        self.probes: dict[Any, Slot] = {}  # ready() call -> slot starting or restarting
+        self.probe_deadlines: dict[Any, float] = {}  # probe -> when to give the worker up
+        self.plan_options: dict = {}
+        self.ever_ready = False
+
+    # -- state views (kept for callers and tests) -------------------------------------------
+    @property
+    def restarting(self) -> dict[Any, Slot]:
+        return self.probes
+
+    @property
+    def restart_deadlines(self) -> dict[Any, float]:
+        return self.probe_deadlines
+
+    @property
+    def lost(self) -> set[int]:
+        return {s.index for s in self.slots if s.state == "lost"}
+
+    def _busy(self) -> set[int]:
+        return {s.index for s in self.slots if s.state != "ready" or len(s.tasks) >= DEPTH}
 
     # -- records made by the driver (worker died, timeout, skipped) --------------------------
-    def _driver_record(self, task: _Task, status: Status, error: str) -> dict:
+    def _driver_record(self, task: Task, status: Status, error: str) -> dict:
         record = {
             "schema_version": SCHEMA_VERSION,
             **params_of(task.cell.to_dict()),
@@ -191,98 +125,241 @@ class Dispatcher:
             "started_at": task.started_at or _now(),
             "finished_at": _now(),
         }
-        if task.slot is not None:
+        if task.slot is not None and task.started_at:
             record.update(task.slot.provenance)
             record["cell_wall_s"] = time.monotonic() - task.started
         return record
 
-    def _emit(self, task: _Task, record: dict) -> None:
+    def _emit(self, task: Task, record: dict) -> None:
         record["attempt"] = task.attempt
-        if task.slot is not None:
+        if task.slot is not None and task.started_at:
             record["worker_index"] = task.slot.index
         self.on_record(record)
 
-    # -- queueing ---------------------------------------------------------------------------
-    def _enqueue(self, task: _Task, front: bool = False) -> None:
-        queue = self.queues.setdefault(task.cell.model.key(), deque())
-        queue.appendleft(task) if front else queue.append(task)
+    # -- feeding workers --------------------------------------------------------------------
+    def _next_task(self, slot: Slot) -> Task | None:
+        if not slot.backlog:
+            held = {s.model_key for s in self.slots if s is not slot and s.model_key}
+            unit = self.queue.pop_unit(slot.model_key, held)
+            if unit is None:
+                return None
+            slot.backlog.extend(unit)
+        return slot.backlog.popleft()
 
-    def _next_task(self, slot: _Slot) -> _Task | None:
-        if slot.model_key and self.queues.get(slot.model_key):
-            return self.queues[slot.model_key].popleft()
-        held = {s.model_key for s in self.slots if s is not slot}
-        candidates = [k for k, q in self.queues.items() if q]
-        if not candidates:
-            return None
-        free = [k for k in candidates if k not in held] or candidates
-        key = max(free, key=lambda k: len(self.queues[k]))
-        return self.queues[key].popleft()
+    def _feed(self) -> None:
+        """Give every ready worker a running cell first, then one queued behind it."""
+        for depth in range(1, DEPTH + 1):
+            for slot in self.slots:
+                if slot.state == "ready" and len(slot.tasks) < depth:
+                    self._feed_one(slot)
 
-    def _busy(self) -> set[int]:
-        busy = {t.slot.index for t in self.inflight.values() if t.slot is not None}
-        return busy | {s.index for s in self.restarting.values()} | self.lost
+    def _feed_one(self, slot: Slot) -> None:
+        task = self._next_task(slot)
+        if task is None:
+            return
+        if slot.tasks and (task.alone or slot.tasks[-1].alone):
+            slot.backlog.appendleft(task)  # waits until the worker is free
+            return
+        self._send(slot, task)
 
-    # -- restarted workers ------------------------------------------------------------------
-    def _await_restart(self, slot: _Slot) -> None:
-        """Hold `slot` back until its restarted actor answers ready() (Ray fails calls made
-        while an actor restarts, which would cost the next cell an attempt)."""
-        slot.model_key = None  # the new process has no model loaded
-        probe = slot.handle.ready.options(max_task_retries=-1).remote()
-        self.restarting[probe] = slot
-        self.restart_deadlines[probe] = time.monotonic() + ACTOR_START_TIMEOUT_S
-        log.debug("worker %d: waiting for its restart", slot.index)
+    def _send(self, slot: Slot, task: Task) -> None:
+        task.slot, task.cancelled = slot, None
+        slot.model_key = task.cell.model.key()
+        task.ref = slot.handle.run.remote(task.cell.to_dict())
+        self.inflight[task.ref] = task
+        slot.tasks.append(task)
+        if len(slot.tasks) == 1:
+            self._started(task)
 
-    def _restarted(self, ref: Any) -> None:
-        ray = import_ray()
-        slot = self.restarting.pop(ref)
-        self.restart_deadlines.pop(ref, None)
-        try:
-            slot.provenance = ray.get(ref)
-            log.info("worker %d: restarted (pid %s)", slot.index, slot.provenance.get("pid"))
-        except Exception as e:  # noqa: BLE001 - gone for good (e.g. its node died)
-            log.warning("worker %d is gone and will get no more cells: %s", slot.index, _short(e))
-            self.lost.add(slot.index)
+    def _started(self, task: Task) -> None:
+        task.started, task.started_at = time.monotonic(), _now()
+        if self.on_start is not None:
+            self.on_start(task.cell, task.slot.index)
+
+    def _unsend(self, slot: Slot) -> None:
+        """The worker's process is gone or going: its cells that never started go back to the
+        front of its backlog, at the same attempt (their calls fail and are ignored)."""
+        while slot.tasks:
+            task = slot.tasks.pop()
+            self.inflight.pop(task.ref, None)
+            if not task.cancelled:
+                task.slot, task.ref, task.started_at = None, None, ""
+                slot.backlog.appendleft(task)
+            else:
+                self._emit(task, self._driver_record(task, Status.SKIPPED_OOM, task.cancelled))
 
     def _fail_queued(self, reason: str) -> None:
-        for queue in self.queues.values():
-            while queue:
-                task = queue.popleft()
-                self._emit(task, self._driver_record(task, Status.ERROR, reason))
-
-    def _dispatch_idle(self) -> None:
-        busy = self._busy()
+        # Never tried: a `not_run` record is reported but not stored (run/submit.py), so the next
+        # submit runs the cell as unfinished, without counting it failed or using an attempt.
+        tasks = [t for slot in self.slots for t in slot.backlog]
         for slot in self.slots:
-            if slot.index in busy:
+            slot.backlog.clear()
+        for task in [*tasks, *self.queue.drain()]:
+            record = self._driver_record(task, Status.ERROR, reason)
+            record.update(not_run=True, will_retry=True)
+            self._emit(task, record)
+
+    # -- worker start-up and restarts -------------------------------------------------------
+    def _probe(self, slot: Slot, state: str) -> None:
+        slot.state, slot.model_key = state, None  # a new process has no model loaded
+        probe = slot.handle.ready.options(max_task_retries=-1).remote()
+        self.probes[probe] = slot
+        self.probe_deadlines[probe] = time.monotonic() + ACTOR_START_TIMEOUT_S
+
+    def _probe_done(self, ref: Any) -> None:
+        ray = import_ray()
+        slot = self.probes.pop(ref)
+        self.probe_deadlines.pop(ref, None)
+        was = slot.state
+        try:
+            slot.provenance = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - failed to start, or gone (its node died)
+            what = "failed to start" if was == "starting" else "is gone and will get no more cells"
+            log.warning("worker %d %s: %s", slot.index, what, _short(e))
+            self._lose(slot)
+            return
+        slot.state, self.ever_ready = "ready", True
+        if was == "starting":
+            log.info("%s", describe(slot))
+            if slot.provenance.get("cpu_stand_in") and not cpu_stand_in_allowed():
+                log.warning(
+                    "worker %d was planned for a GPU but torch sees no CUDA device "
+                    "(CUDA_VISIBLE_DEVICES=%s): its cells fail",
+                    slot.index,
+                    slot.provenance.get("cuda_visible_devices"),
+                )
+        else:
+            log.info("worker %d: restarted (pid %s)", slot.index, slot.provenance.get("pid"))
+
+    def _check_probes(self) -> None:
+        """A worker that never starts (no resources) or never restarts (its node died) is lost,
+        so its cells go to other workers or fail instead of waiting forever."""
+        now = time.monotonic()
+        for probe, deadline in list(self.probe_deadlines.items()):
+            if now <= deadline:
                 continue
-            task = self._next_task(slot)
-            if task is None:
-                return
-            task.slot, task.started, task.started_at = slot, time.monotonic(), _now()
-            slot.model_key = task.cell.model.key()
-            self.inflight[slot.handle.run.remote(task.cell.to_dict())] = task
-            if self.on_start is not None:
-                self.on_start(task.cell, slot.index)
+            slot = self.probes.pop(probe)
+            del self.probe_deadlines[probe]
+            if slot.state == "starting":
+                log.warning(
+                    "worker %d did not start within %.0fs: %s",
+                    slot.index,
+                    ACTOR_START_TIMEOUT_S,
+                    shortfall(self.plan_options),
+                )
+            else:
+                log.warning(
+                    "worker %d did not restart within %.0fs and will get no more cells",
+                    slot.index,
+                    ACTOR_START_TIMEOUT_S,
+                )
+            self._lose(slot)
+
+    def _lose(self, slot: Slot) -> None:
+        """No more cells for `slot`; what it was promised goes back to the shared queue."""
+        was_starting = slot.state == "starting"
+        slot.state = "lost"
+        if slot.handle is not None:
+            try:
+                import_ray().kill(slot.handle, no_restart=True)
+            except Exception as e:  # noqa: BLE001 - already gone
+                log.debug("worker %d: kill: %s", slot.index, _short(e))
+        self._unsend(slot)
+        if slot.backlog:
+            self.queue.push(list(slot.backlog), front=True)
+            slot.backlog.clear()
+        if was_starting and not self.ever_ready and all(s.state == "lost" for s in self.slots):
+            raise ClusterError(
+                f"no worker actor could start ({len(self.slots)} requested with "
+                f"{self.plan_options}); see the Ray log"
+            )
+
+    def _replace(self, slot: Slot, reason: str) -> None:
+        """Kill the worker's process; Ray starts a new one (same slot, new pid)."""
+        log.info("worker %d: replacing its process (%s)", slot.index, reason)
+        self._unsend(slot)
+        import_ray().kill(slot.handle, no_restart=False)
+        self._probe(slot, "restarting")
 
     # -- results ----------------------------------------------------------------------------
-    def _finish(self, ref: Any, task: _Task) -> None:
+    def _finish(self, ref: Any) -> None:
         ray = import_ray()
+        task = self.inflight.pop(ref)
+        slot = task.slot
         try:
             record = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            self._advance(slot, task)
+            self._emit(task, self._driver_record(task, Status.SKIPPED_OOM, task.cancelled or ""))
+            return
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-            self._worker_died(task, e)
+            head = self._take(slot, task)
+            if not task.cancelled:
+                if any(not t.cancelled for t in slot.tasks):
+                    self._ambiguous_death(task, e)
+                else:
+                    self._worker_died(task, e)
+                return
+            self._emit(task, self._driver_record(task, Status.SKIPPED_OOM, task.cancelled))
+            if head:  # else the running cell's own call reports the death
+                self._after_death(slot)
             return
         except ray.exceptions.RayError as e:
             record = self._driver_record(task, Status.ERROR, f"Ray error: {_short(e)}")
+        self._advance(slot, task)
+        if record.pop(NOT_RUN_KEY, None):  # the worker refused it: back in line, same attempt
+            task.slot, task.ref, task.started_at = None, None, ""
+            slot.backlog.appendleft(task)
+            return
+        restart = record.pop(RESTART_KEY, None)
         self._emit(task, record)
+        if restart and slot.state == "ready":
+            self._replace(slot, "sticky CUDA error")
         if record.get("status") == Status.OOM.value:
             self._skip_dominated(task.cell)
 
-    def _worker_died(self, task: _Task, exc: Exception) -> None:
-        if task.slot is not None:
-            self._await_restart(task.slot)
+    @staticmethod
+    def _take(slot: Slot, task: Task) -> bool:
+        """Remove `task` from its worker's list; True if it was the running (first) one."""
+        head = bool(slot.tasks) and slot.tasks[0] is task
+        slot.tasks.remove(task)
+        return head
+
+    def _advance(self, slot: Slot, task: Task) -> None:
+        """`task` is over; the cell queued behind it on that worker starts now."""
+        if self._take(slot, task) and slot.tasks:
+            self._started(slot.tasks[0])
+
+    def _after_death(self, slot: Slot) -> None:
+        """The worker's process died: its unstarted cells go back, and it gets no cell until
+        its restarted process answers ready() (Ray fails calls made while it restarts)."""
+        self._unsend(slot)
+        if slot.state == "ready":
+            self._probe(slot, "restarting")
+
+    def _ambiguous_death(self, task: Task, exc: Exception) -> None:
+        """The worker died holding a running cell and a queued one: either may have killed it
+        (a process that dies just after a cell can lose that cell's reply). Neither is charged;
+        both run again, one at a time, so the next death names its cell."""
+        slot = task.slot
+        queued = [t for t in slot.tasks if not t.cancelled]
+        log.warning(
+            "worker %d died holding %s and %s queued (%s); running them again one at a time",
+            slot.index,
+            task.cell.label(),
+            ", ".join(t.cell.label() for t in queued),
+            _short(exc),
+        )
+        for t in (task, *queued):
+            t.alone = True
+        self._after_death(slot)  # the queued cells go back to the backlog's front
+        task.slot, task.ref, task.started_at = None, None, ""
+        slot.backlog.appendleft(task)
+
+    def _worker_died(self, task: Task, exc: Exception) -> None:
+        slot = task.slot
         tries = 1 + self.workers.retries
-        first = self.first_attempt.get(task.cell.cell_id, 1)
-        used = task.attempt - first + 1
+        used = task.attempt - self.first_attempt.get(task.cell_id, 1) + 1
         retry = used < tries
         note = (
             f"; retrying ({used} of {tries} tries used)"
@@ -292,64 +369,65 @@ class Dispatcher:
         record = self._driver_record(task, Status.ERROR, f"worker died: {_short(exc)}{note}")
         record["will_retry"] = retry
         self._emit(task, record)
-        if retry:
-            self._enqueue(_Task(cell=task.cell, attempt=task.attempt + 1), front=True)
+        self._after_death(slot)
+        if retry:  # on the same worker (restarted), so compared cells stay together
+            retry_task = Task(
+                cell=task.cell, cell_id=task.cell_id, attempt=task.attempt + 1, alone=True
+            )
+            slot.backlog.appendleft(retry_task)
 
     def _skip_dominated(self, failed: CellSpec) -> None:
-        for queue in self.queues.values():
-            keep = deque()
-            for task in queue:
-                if _dominates(failed, task.cell):
-                    self._emit(
-                        task,
-                        self._driver_record(
-                            task,
-                            Status.SKIPPED_OOM,
-                            f"not run: cell {failed.cell_id} ({failed.label()}) ran out of memory",
-                        ),
-                    )
-                else:
-                    keep.append(task)
-            queue.clear()
-            queue.extend(keep)
+        reason = f"not run: cell {failed.cell_id} ({failed.label()}) ran out of memory"
+
+        def dominated(task: Task) -> bool:
+            return _dominates(failed, task.cell)
+
+        skipped = self.queue.remove_if(dominated)
+        for slot in self.slots:
+            skipped.extend(t for t in slot.backlog if dominated(t))
+            kept = [t for t in slot.backlog if not dominated(t)]
+            slot.backlog.clear()
+            slot.backlog.extend(kept)
+            for task in list(slot.tasks)[1:]:  # queued in the actor, not started: cancel
+                if not task.cancelled and dominated(task):
+                    task.cancelled = reason
+                    import_ray().cancel(task.ref)
+        for task in skipped:
+            self._emit(task, self._driver_record(task, Status.SKIPPED_OOM, reason))
 
     def _check_timeouts(self) -> None:
-        ray = import_ray()
         limit = self.workers.cell_timeout_s
         now = time.monotonic()
-        for ref, task in list(self.inflight.items()):
+        for slot in self.slots:
+            if not slot.tasks or slot.state != "ready":
+                continue
+            task = slot.tasks[0]
             if now - task.started <= limit:
                 continue
-            del self.inflight[ref]
+            slot.tasks.popleft()
+            self.inflight.pop(task.ref, None)
             self._emit(
                 task,
                 self._driver_record(
                     task, Status.TIMEOUT, f"exceeded cell_timeout_s={limit:g}; worker replaced"
                 ),
             )
-            ray.kill(task.slot.handle, no_restart=False)  # Ray restarts it
-            self._await_restart(task.slot)
+            self._replace(slot, "cell timeout")
 
     # -- main loop --------------------------------------------------------------------------
     def run(self) -> None:
         """Run every cell; raises Interrupted on Ctrl-C/SIGTERM after saving what finished."""
         ray = import_ray()
-        for cell in self.cells:
-            self._enqueue(_Task(cell=cell, attempt=self.first_attempt.get(cell.cell_id, 1)))
-        plan = plan_workers(self.workers, ray.cluster_resources(), len(self.cells))
+        n = self.queue.add_cells(self.cells, self.first_attempt)
+        if not n:
+            return
+        plan = cluster_plan(self.workers, n)
+        self.plan_options = plan.options
         log.info("starting %d %s worker(s) with %s", plan.count, plan.kind, plan.options)
         try:
-            self.slots = _start_actors(plan, self.backend)
+            self.slots = create_actors(plan, self.backend)
             for slot in self.slots:
-                p = slot.provenance
-                log.info(
-                    "worker %d: %s on %s (node %s, CUDA_VISIBLE_DEVICES=%s)",
-                    slot.index,
-                    p.get("device"),
-                    p.get("hostname"),
-                    str(p.get("ray_node_id"))[:12],
-                    p.get("cuda_visible_devices"),
-                )
+                self._probe(slot, "starting")
             self._loop()
         except KeyboardInterrupt:
             self._drain()
@@ -360,49 +438,56 @@ class Dispatcher:
             for slot in self.slots:
                 ray.kill(slot.handle, no_restart=True)
 
+    def _waiting(self) -> list:
+        """The calls worth waiting on: each worker's running cell (a queued one cannot finish
+        first), cancelled queued cells (they can), and start-up/restart probes."""
+        refs = []
+        for slot in self.slots:
+            if slot.tasks:
+                refs.append(slot.tasks[0].ref)
+                refs.extend(t.ref for t in islice(slot.tasks, 1, None) if t.cancelled)
+        refs.extend(self.probes)
+        return refs
+
+    def _pending(self) -> bool:
+        return bool(self.inflight or self.queue or any(s.backlog for s in self.slots))
+
     def _loop(self) -> None:
         ray = import_ray()
         while True:
-            self._dispatch_idle()
-            if not self.inflight and not any(self.queues.values()):
+            self._feed()
+            if not self._pending():
                 return
-            waiting = [*self.inflight, *self.restarting]
+            waiting = self._waiting()
             if not waiting:  # cells left but every worker is lost
                 self._fail_queued("not run: no worker left (every worker actor was lost)")
                 return
             done, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_TICK_S)
             for ref in done:
-                if ref in self.restarting:
-                    self._restarted(ref)
-                    continue
-                task = self.inflight.pop(ref, None)
-                if task is not None:
-                    self._finish(ref, task)
+                if ref in self.probes:
+                    self._probe_done(ref)
+                elif ref in self.inflight:
+                    self._finish(ref)
             self._check_timeouts()
-            self._check_restarts()
-
-    def _check_restarts(self) -> None:
-        """A worker whose restart never completes (its node died, no GPU left to place it on) is
-        lost, so its cells go to other workers or fail instead of waiting forever."""
-        now = time.monotonic()
-        for probe, deadline in list(self.restart_deadlines.items()):
-            if now > deadline:
-                slot = self.restarting.pop(probe)
-                del self.restart_deadlines[probe]
-                log.warning("worker %d did not restart within %.0fs and will get no more cells",
-                            slot.index, ACTOR_START_TIMEOUT_S)
-                self.lost.add(slot.index)
+            self._check_probes()
 
     def _drain(self) -> None:
-        """After an interrupt: keep what finishes within a short grace period."""
+        """After an interrupt: cancel the cells not started; keep what finishes within a short
+        grace period."""
         ray = import_ray()
-        self.queues.clear()
+        self.queue = CellQueue()
+        for slot in self.slots:
+            slot.backlog.clear()
+            for task in list(slot.tasks)[1:]:
+                task.cancelled = "interrupted"
+                ray.cancel(task.ref)
         deadline = time.monotonic() + INTERRUPT_GRACE_S
-        if self.inflight:
+        running = sum(1 for s in self.slots if s.tasks)
+        if running:
             log.warning(
                 "interrupted: waiting up to %.0fs for %d running cell(s)",
                 INTERRUPT_GRACE_S,
-                len(self.inflight),
+                running,
             )
         while self.inflight and time.monotonic() < deadline:
             try:
@@ -416,9 +501,15 @@ class Dispatcher:
             for ref in done:
                 task = self.inflight.pop(ref)
                 try:
-                    self._emit(task, ray.get(ref))
+                    record = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    continue  # never started: the next submit runs it
                 except Exception as e:  # noqa: BLE001 - stopping anyway
-                    log.warning("dropped cell %s while stopping: %s", task.cell.cell_id, _short(e))
+                    log.warning("dropped cell %s while stopping: %s", task.cell_id, _short(e))
+                    continue
+                record.pop(RESTART_KEY, None)
+                if not record.pop(NOT_RUN_KEY, None):
+                    self._emit(task, record)
 
 
 def _short(exc: BaseException) -> str:
