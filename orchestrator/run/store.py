@@ -103,8 +103,12 @@ KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "pid": _I64,
     "device": _STR,
     "gpu_name": _STR,
+    "accelerator_model": _STR,  # the GPU's name; null on CPU (also for a CPU stand-in)
+    "cpu_model": _STR,  # /proc/cpuinfo "model name"
+    "cpu_stand_in": _BOOL,  # a GPU-planned worker measured on CPU, allowed on purpose
     "cuda_visible_devices": _STR,
     "ray_node_id": _STR,
+    "node_ip": _STR,
     "ray_actor_id": _STR,
     "ray_gpu_ids": _STR,
     "worker_index": _I64,

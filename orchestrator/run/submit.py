@@ -28,6 +28,7 @@ from orchestrator.run.plan import plan_cells
 from orchestrator.run.progress import LineProgress, Progress, reporting
 from orchestrator.run.storage import resolve, storage_errors
 from orchestrator.run.store import ResultStore
+from orchestrator.run.writer import RowWriter, store_sink
 from orchestrator.spec.grid import CellSpec, expand_cells
 from orchestrator.spec.job import JobSpec
 from workers.record import Status
@@ -100,7 +101,8 @@ def git_commit() -> str | None:
 
 
 class _Progress:
-    """Writes each record and reports it to the progress display; counts final outcomes."""
+    """Writes each record (on the RowWriter's thread, off the dispatch loop) and reports it to
+    the progress display; counts final outcomes. `close()` once the dispatch is over."""
 
     def __init__(
         self,
@@ -114,19 +116,24 @@ class _Progress:
         self.labels = {c.cell_id: c.label() for c in cells}
         self.statuses: dict[str, int] = {}
         self.commit = git_commit()
+        self.writer = RowWriter(store_sink(store))
 
     def started(self, cell: CellSpec, worker_index: int) -> None:
         self.display.started(worker_index, self.labels.get(cell.cell_id, cell.cell_id))
 
     def __call__(self, record: dict) -> None:
         record.update(run_id=self.run_id, job_name=self.job.name, git_commit=self.commit)
-        self.store.write(record)
+        self.writer.put(record)
         status = record.get("status")
         cid = record.get("cell_id")
         retrying = bool(record.get("will_retry"))
         if not retrying:
             self.statuses[status] = self.statuses.get(status, 0) + 1
         self.display.finished(record, self.labels.get(cid, cid), final=not retrying)
+
+    def close(self) -> None:
+        """Wait until every record is written; raises the first write error."""
+        self.writer.close()
 
 
 def submit_job(
@@ -242,14 +249,17 @@ def _run(
         with reporting(
             run.progress, total=run.total, skipped=run.skipped, to_run=len(todo), cells=todo
         ):
-            Dispatcher(
-                todo,
-                job.workers,
-                recorder,
-                backend=backend,
-                first_attempt=first_attempt,
-                on_start=recorder.started,
-            ).run()
+            try:
+                Dispatcher(
+                    todo,
+                    job.workers,
+                    recorder,
+                    backend=backend,
+                    first_attempt=first_attempt,
+                    on_start=recorder.started,
+                ).run()
+            finally:
+                recorder.close()  # every finished row is written before the run ends
         status = "finished"
     except (Interrupted, KeyboardInterrupt):
         status = "interrupted"
