@@ -30,6 +30,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from orchestrator import results_cli
+from orchestrator.cli_help import epilog
 from orchestrator.errors import Interrupted, OrchestratorError, SpecError
 from orchestrator.results.dataset import job_dirs, summary_rows
 from orchestrator.spec.grid import (
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
         description="Benchmark UNet LMs (naive vs cached) on Ray.",
+        epilog=epilog("main"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -8,8 +8,10 @@
     plot RESULTS_DIR [--out DIR] [--x COL --y COL [--hue COL] [--col COL] [--logx] [--logy]]
     summarize RESULTS_DIR [--pivot ROWS --columns COLS --values METRIC [--ratio A/B] [--agg F]]
 
-Exit codes: 0 done; 1 `compare --fail-on-change` found a change; 2 a bad argument, expression,
-column name, results directory, or matplotlib missing (a one-line message on stderr).
+Exit codes (also under each command's --help, from orchestrator/cli_help.py): 0 done; 1
+`compare --fail-on-change` found a change, or `plot` had nothing to plot; 2 a bad argument,
+expression, column name, results directory, or matplotlib missing; 3 a storage fault (a
+one-line message on stderr).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from orchestrator.cli_help import with_epilog
 from orchestrator.errors import QueryError
 from orchestrator.results import compare as compare_mod
 from orchestrator.results import summary
@@ -45,6 +48,7 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     option parsers such as -v/-q)."""
     parents = list(parents)
     q = sub.add_parser("query", parents=parents, help="filter, group and sort stored results")
+    with_epilog(q, "query")
     q.add_argument("results_dir", help="a job's results directory (or a results root)")
     q.add_argument("--where", help="filter, e.g. \"status = 'ok' and batch_size in (1, 8)\"")
     q.add_argument("--columns", help="columns to show, comma-separated, or 'all'")
@@ -62,6 +66,7 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     _format_option(q)
 
     c = sub.add_parser("compare", parents=parents, help="compare two runs cell by cell")
+    with_epilog(c, "compare")
     c.add_argument("a", metavar="A", help="run id (or unique prefix) or results directory")
     c.add_argument("b", metavar="B", help="run id (or unique prefix) or results directory")
     c.add_argument("--results", help="where to find run ids (job dir, results root or URI)")
@@ -89,6 +94,7 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     p = sub.add_parser(
         "plot", parents=parents, help="PNG plots of stored results (needs matplotlib)"
     )
+    with_epilog(p, "plot")
     p.add_argument("results_dir", help="a job's results directory (or a results root)")
     p.add_argument("--out", type=Path, help="output directory (default: <job dir>/_plots)")
     p.add_argument("--x", help="custom plot: x column (with --y)")
@@ -100,7 +106,9 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
 
 
 def add_summarize_options(parser: argparse.ArgumentParser) -> None:
-    """--pivot/--columns/--values/--ratio/--agg/--format for `summarize`."""
+    """--pivot/--columns/--values/--ratio/--agg/--wide/--format for `summarize`, and its
+    examples and exit codes under --help."""
+    with_epilog(parser, "summarize")
     d = PivotSpec()
     parser.add_argument("--pivot", help=f"pivot rows, comma-separated (default {','.join(d.rows)})")
     parser.add_argument("--columns", help=f"pivot columns (default {','.join(d.columns)})")
@@ -132,7 +140,8 @@ def summary_text(rows: list[dict], title: str, args: argparse.Namespace | None =
 
 
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
-    """--progress and --plot for `submit`."""
+    """--progress, --plot and --wide for `submit`, and its examples and exit codes."""
+    with_epilog(parser, "submit")
     parser.add_argument(
         "--progress",
         choices=MODES,

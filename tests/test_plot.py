@@ -79,3 +79,13 @@ def test_speedup_rows_pair_cells_on_every_other_parameter():
     rows.append(make_record("naive", 8, 32))  # no cached partner
     speedups = {(r["batch_size"], r["prompt_len"]): r["speedup"] for r in speedup_rows(rows)}
     assert speedups == pytest.approx({(1, 32): 2.0, (1, 128): 8.0, (4, 32): 2.0, (4, 128): 8.0})
+
+
+def test_speedup_rows_leave_out_pairs_on_different_hardware(caplog):
+    rows = [make_record(m, b, p, hostname="node-a") for m, b, p in GRID]
+    rows[1] = {**rows[1], "hostname": "node-b"}  # cached b=1 p=32 ran on another node
+    speedups = {(r["batch_size"], r["prompt_len"]) for r in speedup_rows(rows)}
+    assert speedups == {(1, 128), (4, 32), (4, 128)}
+    assert "speedup: 1 cell(s) left out: they and their naive cell ran on different hardware" in (
+        caplog.text
+    )

@@ -26,6 +26,7 @@ from typing import Any
 from orchestrator.errors import MissingDependencyError, QueryError
 from orchestrator.results.compare import MATCH_CANDIDATES, order_key
 from orchestrator.results.dataset import PEAK_COLUMN, job_dirs, load_results, ok_rows
+from orchestrator.results.hardware import hardware_id
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -177,7 +178,8 @@ def draw(rows: list[dict], spec: PlotSpec, out_dir: Path) -> Path:
 
 def speedup_rows(rows: list[dict], den: str = "naive") -> list[dict]:
     """Rows of every method other than `den` with a `speedup` column: their decode tok/s over
-    the matching `den` cell's (matched on every other parameter).
+    the matching `den` cell's (matched on every other parameter), only where both ran on one
+    hardware identity (a cell whose pair ran elsewhere is left out, with a warning).
 
     >>> speedup_rows([{"method": "naive", "decode_tok_s": 10.0, "batch_size": 1},
     ...               {"method": "cached", "decode_tok_s": 30.0, "batch_size": 1}])[0]["speedup"]
@@ -185,13 +187,22 @@ def speedup_rows(rows: list[dict], den: str = "naive") -> list[dict]:
     """
     params = [c for c in MATCH_CANDIDATES if c != "method"]
     base = {tuple(r.get(c) for c in params): r for r in rows if r.get("method") == den}
-    out = []
+    out, mixed = [], 0
     for row in rows:
         other = base.get(tuple(row.get(c) for c in params))
         if row.get("method") == den or not other:
             continue
+        if hardware_id(row) != hardware_id(other):
+            mixed += 1  # two machines: no ratio
+            continue
         if other.get("decode_tok_s") and row.get("decode_tok_s"):
             out.append({**row, "speedup": row["decode_tok_s"] / other["decode_tok_s"]})
+    if mixed:
+        log.warning(
+            "speedup: %d cell(s) left out: they and their %s cell ran on different hardware",
+            mixed,
+            den,
+        )
     return out
 
 
