@@ -13,15 +13,24 @@ Each cell of the job is in one of three states, decided by its rows (matched by 
     failed    unfinished + failed           ok                      (submit --rerun failed)
     all       every cell                    nothing                 (submit --fresh)
 
-    plan = plan_cells(cells, store.cell_history(), mode="resume")
+    plan = plan_cells(iter_cells(job), store.cell_history(), mode="resume")
     plan.todo, plan.skipped_ok, plan.skipped_failed
 
-Earlier rows are never deleted; a re-run cell continues its attempt numbering.
+`cells` is consumed as a stream: memory grows with the cells to run and the history, not with
+the job. Earlier rows are never deleted; a re-run cell continues its attempt numbering.
+
+Continuing an interrupted run (`submit --continue-run RUN_ID`, `continuing=` its rows): the
+cells that run was to run (its mode applied to the rows that are not its own) and has not
+settled (no ok row and no final failure of its own), so an interrupted `--fresh` run goes on
+with the cells it had not reached, instead of finding them all ok from an earlier run.
+
+A cell that never ran because no worker was left has no row (the driver reports it as
+`not_run` and stores nothing), so it stays unfinished and keeps its attempt numbering.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -78,28 +87,53 @@ class ResumePlan:
         return self.skipped_ok + self.skipped_failed
 
 
+MODES: dict[str, set[CellState]] = {
+    "resume": {CellState.UNFINISHED},
+    "failed": {CellState.UNFINISHED, CellState.FAILED},
+    "all": set(CellState),
+}
+
+
 def plan_cells(
-    cells: list[CellSpec], history: dict[str, list[dict]], *, mode: RerunMode = "resume"
+    cells: Iterable[CellSpec],
+    history: dict[str, list[dict]],
+    *,
+    mode: RerunMode = "resume",
+    continuing: dict[str, list[dict]] | None = None,
 ) -> ResumePlan:
-    """Split `cells` by their rows in `history` (cell_id -> rows) according to `mode`."""
-    runs = {
-        "resume": {CellState.UNFINISHED},
-        "failed": {CellState.UNFINISHED, CellState.FAILED},
-        "all": set(CellState),
-    }[mode]
+    """Split `cells` by their rows in `history` (cell_id -> rows) according to `mode`; with
+    `continuing` (cell_id -> the rows of one earlier run), only what that run left undone."""
+    runs = MODES[mode]
     todo: list[CellSpec] = []
+    first_attempt: dict[str, int] = {}
     skipped_ok = skipped_failed = 0
     for cell in cells:
-        state = cell_state(history.get(cell.cell_id, ()))
-        if state in runs:
+        rows = history.get(cell.cell_id, ())
+        if continuing is None:
+            selected = cell_state(rows) in runs
+        else:
+            selected = _left_undone(rows, continuing.get(cell.cell_id, ()), runs)
+        if selected:
             todo.append(cell)
-        elif state is CellState.OK:
+            if rows:
+                first_attempt[cell.cell_id] = max(r.get("attempt") or 0 for r in rows) + 1
+        elif cell_state(rows) is CellState.OK:
             skipped_ok += 1
         else:
             skipped_failed += 1
-    first_attempt = {
-        c.cell_id: max(r.get("attempt") or 0 for r in history[c.cell_id]) + 1
-        for c in todo
-        if history.get(c.cell_id)
-    }
     return ResumePlan(todo, skipped_ok, skipped_failed, first_attempt)
+
+
+def _left_undone(rows: Sequence[dict], own: Sequence[dict], runs: set[CellState]) -> bool:
+    """Whether a run whose rows of this cell are `own` was to run it and has not settled it.
+
+    >>> _left_undone([{"attempt": 1, "status": "ok"}], [], MODES["all"])  # --fresh, not reached
+    True
+    >>> _left_undone([{"attempt": 1, "status": "ok"}, {"attempt": 2, "status": "oom"}],
+    ...              [{"attempt": 2, "status": "oom"}], MODES["all"])  # it failed there: settled
+    False
+    """
+    if cell_state(own) is not CellState.UNFINISHED:
+        return False
+    attempts = {r.get("attempt") for r in own}  # a cell's attempt numbers are unique
+    return cell_state([r for r in rows if r.get("attempt") not in attempts]) in runs

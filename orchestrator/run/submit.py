@@ -21,17 +21,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ClusterError, Interrupted, StorageError
-from orchestrator.results import summary
-from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs
-from orchestrator.run.plan import plan_cells
+from orchestrator.errors import ClusterError, Interrupted, SpecError, StorageError, UsageError
+from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs, read_manifests
+from orchestrator.run.plan import CellState, cell_state, plan_cells
 from orchestrator.run.progress import LineProgress, Progress, reporting
 from orchestrator.run.storage import resolve, storage_errors
 from orchestrator.run.store import ResultStore
 from orchestrator.run.writer import RowWriter, store_sink
-from orchestrator.spec.grid import CellSpec, expand_cells
+from orchestrator.spec.grid import (
+    DEFAULT_MAX_CELLS,
+    CellSpec,
+    cell_limit_error,
+    count_cells,
+    iter_cells,
+)
 from orchestrator.spec.job import JobSpec
-from workers.record import Status
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +47,8 @@ class SubmitOutcome:
 
     `skipped`: cells not run because they already have an ok row; `skipped_failed`: cells not
     run because their latest attempt failed (run them with rerun_failed); `ran`: cells run now;
-    `failed`: cells of the job whose latest attempt, now or earlier, is not ok."""
+    `failed`: cells of the job whose latest attempt, now or earlier, failed; `not_run`: cells
+    never tried because no worker was left (the same submit runs them; not counted failed)."""
 
     job_dir: Path
     total: int
@@ -53,10 +58,11 @@ class SubmitOutcome:
     rows: list[dict]
     wall_s: float
     skipped_failed: int = 0
+    not_run: int = 0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.not_run else 0
 
     def summary_line(self) -> str:
         """E.g. '12 cells: 2 run, 8 skipped (already ok), 2 skipped (failed before), 3 failed;
@@ -65,6 +71,8 @@ class SubmitOutcome:
         if self.skipped_failed:
             parts.append(f"{self.skipped_failed} skipped (failed before)")
         parts.append(f"{self.failed} failed")
+        if self.not_run:
+            parts.append(f"{self.not_run} not run (no worker left; the same submit runs them)")
         return (
             f"{self.total} cells: {', '.join(parts)}; {self.wall_s:.1f}s; results in {self.job_dir}"
         )
@@ -115,6 +123,7 @@ class _Progress:
         self.store, self.job, self.run_id, self.display = store, job, run_id, display
         self.labels = {c.cell_id: c.label() for c in cells}
         self.statuses: dict[str, int] = {}
+        self.not_run = 0
         self.commit = git_commit()
         self.writer = RowWriter(store_sink(store))
 
@@ -122,6 +131,9 @@ class _Progress:
         self.display.started(worker_index, self.labels.get(cell.cell_id, cell.cell_id))
 
     def __call__(self, record: dict) -> None:
+        if record.get("not_run"):  # never tried: no row, so the next submit runs it
+            self.not_run += 1
+            return
         record.update(run_id=self.run_id, job_name=self.job.name, git_commit=self.commit)
         self.writer.put(record)
         status = record.get("status")
@@ -146,30 +158,41 @@ def submit_job(
     rerun_failed: bool = False,
     progress: Progress | None = None,
     invocation: Invocation | None = None,
+    max_cells: int | None = DEFAULT_MAX_CELLS,
+    continue_run: str | None = None,
 ) -> SubmitOutcome:
     """Run the job's unfinished cells, plus those whose latest attempt failed when
     `rerun_failed`, or every cell when `fresh`; return the outcome.
 
     Earlier rows are kept either way; new attempts go under a new run_id.
     `progress` shows the run (default: one log line per cell); `invocation` (the command line)
-    goes into the run manifest, `<job dir>/_manifests/<run_id>.json`."""
+    goes into the run manifest, `<job dir>/_manifests/<run_id>.json`.
+
+    A job of more than `max_cells` cells is refused (SpecError, nothing created; None: no
+    limit). `continue_run`: the run_id of an interrupted run to continue (orchestrator/run/
+    plan.py): its undone cells run under that run_id. The cells are streamed, never listed."""
     t0 = time.perf_counter()
-    cells = expand_cells(job)
+    total = count_cells(job)
+    refusal = None if max_cells is None else cell_limit_error(total, max_cells)
+    if refusal:
+        raise SpecError(job.source, "", refusal)
     root = resolve(results_root)  # a local path (made absolute) or a storage URI
     # a local job dir is a Path (printed absolute, never cwd-relative), a remote one a Location
     job_dir = root.local_path() / job.name if root.is_local else root / job.name
     created = [p for p in (root.local_path(), job_dir) if not p.exists()] if root.is_local else []
+    previous = _previous_run(job_dir, continue_run) if continue_run else None
     store = ResultStore(job_dir)
     store.lock()
     try:
         mark_dead_runs(job_dir)  # under the lock: a "running" run of this job is a dead one
         mode = "all" if fresh else "failed" if rerun_failed else "resume"
-        plan = plan_cells(cells, store.cell_history(), mode=mode)
+        continuing = _run_history(store, continue_run) if continue_run else None
+        plan = plan_cells(iter_cells(job), store.cell_history(), mode=mode, continuing=continuing)
         todo = plan.todo
         log.info(
             "job %s: %d cells, %d already ok (skipped), %d to run; results in %s",
             job.name,
-            len(cells),
+            total,
             plan.skipped_ok,
             len(todo),
             job_dir,
@@ -180,25 +203,64 @@ def submit_job(
                 "add --rerun failed to retry them",
                 plan.skipped_failed,
             )
+        not_run = 0
         if todo:
-            run = _RunContext(progress or LineProgress(), invocation, len(cells), plan.skipped_ok)
-            _run(job, todo, store, address, backend, plan.first_attempt, created, run)
+            run = _RunContext(
+                progress or LineProgress(),
+                invocation,
+                total,
+                plan.skipped_ok,
+                run_id=continue_run,
+                previous=previous,
+                continuable=mode != "resume" or continue_run is not None,
+            )
+            not_run = _run(job, todo, store, address, backend, plan.first_attempt, created, run)
     finally:
         store.unlock()
-    ids = {c.cell_id for c in cells}
+    # the job's cells streamed again against the rows: memory follows the rows, not the job
+    history = store.cell_history()
+    states = {s: 0 for s in CellState}
+    ids = set()
+    for cell in iter_cells(job):
+        rows_of_cell = history.get(cell.cell_id, ())
+        states[cell_state(rows_of_cell)] += 1
+        if rows_of_cell:
+            ids.add(cell.cell_id)
     rows = [r for r in store.load().rows() if r.get("cell_id") in ids]
-    latest = {r["cell_id"]: r for r in summary.latest_rows(rows)}
-    failed = sum(1 for c in cells if latest.get(c.cell_id, {}).get("status") != Status.OK.value)
+    failed = states[CellState.FAILED] + max(0, states[CellState.UNFINISHED] - not_run)
     return SubmitOutcome(
         job_dir=job_dir,
-        total=len(cells),
+        total=total,
         skipped=plan.skipped_ok,
-        ran=len(todo),
+        ran=len(todo) - not_run,
         failed=failed,
         rows=rows,
         wall_s=time.perf_counter() - t0,
         skipped_failed=plan.skipped_failed,
+        not_run=min(not_run, states[CellState.UNFINISHED]),
     )
+
+
+def _previous_run(job_dir: Path, run_id: str) -> dict:
+    """The manifest of the run `--continue-run` names, or a UsageError listing the runs."""
+    manifests = read_manifests(job_dir) if job_dir.is_dir() else []
+    for manifest in manifests:
+        if manifest.get("run_id") == run_id:
+            return manifest
+    known = ", ".join(m.get("run_id", "?") for m in manifests[-5:]) or "none"
+    raise UsageError(f"--continue-run {run_id}: no such run in {job_dir} (latest runs: {known})")
+
+
+def _run_history(store: ResultStore, run_id: str) -> dict[str, list[dict]]:
+    """cell_id -> the rows of run `run_id` (attempt and status only)."""
+    import pyarrow.compute as pc
+
+    columns = ("cell_id", "attempt", "status", "will_retry")
+    table = store.read(columns, pc.field("run_id") == run_id).table
+    history: dict[str, list[dict]] = {}
+    for row in [] if table is None else table.to_pylist():
+        history.setdefault(row["cell_id"], []).append(row)
+    return history
 
 
 def _run(
@@ -210,7 +272,8 @@ def _run(
     first_attempt: dict,
     created: list[Path],
     run: _RunContext,
-) -> None:
+) -> int:
+    """Run `todo`; returns how many cells were never tried because no worker was left."""
     from orchestrator.run.cluster import connect
     from orchestrator.run.dispatch import Dispatcher
 
@@ -228,8 +291,11 @@ def _run(
             "/tmp/ray/session_latest/logs)",
             store.ray_log,
         )
-    run_id = new_run_id()
+    run_id = run.run_id or new_run_id()
     recorder = _Progress(store, job, todo, run_id, run.progress)
+    if run.previous:  # a continued run: its counts go on from where it stopped
+        recorder.statuses = {k: v for k, v in (run.previous.get("statuses") or {}).items()
+                             if k != "not_run"}
     try:
         manifest = RunManifest.start(
             store.location,
@@ -244,6 +310,14 @@ def _run(
     except StorageError:
         conn.close()
         raise
+    if run.previous:  # the manifest keeps the run's first start and command, lists each go-on
+        manifest.data.update(
+            {k: run.previous.get(k) for k in ("started_at", "command", "argv") if k in run.previous},
+            continued=[
+                *(run.previous.get("continued") or []),
+                {"command": manifest.data["command"], "started_at": manifest.data["started_at"]},
+            ],
+        )
     status, error = "failed", None
     try:
         with reporting(
@@ -266,7 +340,7 @@ def _run(
         saved = sum(recorder.statuses.values())
         raise Interrupted(
             f"interrupted: {saved} cell(s) finished in this run are saved in {store.job_dir}; "
-            f"resume with: {resume_command(run.invocation)}"
+            f"resume with: {resume_command(run.invocation, run_id if run.continuable else None)}"
         ) from None
     except StorageError as e:  # disk full, read-only, ...: rows written so far stay
         status, error = "storage_error", str(e)
@@ -275,21 +349,45 @@ def _run(
         error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         raise
     finally:
-        manifest.finish(status, recorder.statuses, error)
+        statuses = dict(recorder.statuses)
+        if recorder.not_run:
+            statuses["not_run"] = recorder.not_run
+        manifest.finish(status, statuses, error)
         conn.close()
+    if recorder.not_run:
+        log.warning(
+            "%d cell(s) not run: no worker was left; they have no row and the same submit "
+            "runs them",
+            recorder.not_run,
+        )
+    return recorder.not_run
 
 
-def resume_command(invocation: Invocation | None) -> str:
-    """The command that resumes an interrupted submit: the same one, without --fresh (which
-    would run the finished cells again).
+def resume_command(invocation: Invocation | None, continue_run: str | None = None) -> str:
+    """The command that resumes an interrupted submit: the same one, plus `--continue-run RUN_ID`
+    when given (a --fresh or --rerun run, which the same command would not continue: --fresh
+    would start over, a plain resume would find every cell ok from an earlier run).
 
     >>> resume_command(Invocation(argv=("python", "-m", "orchestrator", "submit", "j.yaml",
-    ...                                 "--fresh")))
-    'python -m orchestrator submit j.yaml'
+    ...                                 "--fresh")), "20261130T071500-1a2b3c")
+    'python -m orchestrator submit j.yaml --fresh --continue-run 20261130T071500-1a2b3c'
     """
     if invocation is None:
-        return "the same submit_job call (fresh=False)"
-    return shlex.join(a for a in invocation.argv if a != "--fresh")
+        if continue_run is None:
+            return "the same submit_job call"
+        return f"the same submit_job call with continue_run={continue_run!r}"
+    argv, skip = [], False
+    for arg in invocation.argv:  # drop an earlier --continue-run (its value is the same run)
+        if skip or arg.startswith("--continue-run="):
+            skip = False
+            continue
+        if arg == "--continue-run":
+            skip = True
+            continue
+        argv.append(arg)
+    if continue_run is not None:
+        argv += ["--continue-run", continue_run]
+    return shlex.join(argv)
 
 
 @dataclass(frozen=True)
@@ -298,3 +396,6 @@ class _RunContext:
     invocation: Invocation | None
     total: int
     skipped: int
+    run_id: str | None = None  # a run being continued (--continue-run), else a new one
+    previous: dict | None = None  # that run's manifest
+    continuable: bool = False  # print --continue-run after an interrupt

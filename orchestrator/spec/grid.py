@@ -26,7 +26,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.spec import checks
@@ -167,9 +167,16 @@ class CellSpec:
             "memory_budget_bytes": self.memory_budget_bytes,
         }
 
-    @cached_property  # a frozen dataclass has a __dict__; the hash is computed once per cell
+    @property
     def cell_id(self) -> str:
-        return cell_id(self.params(), self.model.identity())
+        """`cell_id(self.params(), self.model.identity())`, computed once per cell and from
+        cached JSON pieces (a stream of a million cells hashes each of them)."""
+        cached = self.__dict__.get("_cell_id")  # frozen: cache through __dict__ directly
+        if cached is None:
+            blob = f'{{"model":{_model_json(self.model)},"params":{{{_params_json(self.params())}}}}}'
+            cached = hashlib.sha256(blob.encode()).hexdigest()[:CELL_ID_CHARS]
+            self.__dict__["_cell_id"] = cached
+        return cached
 
     @property
     def total_len(self) -> int:
@@ -203,6 +210,33 @@ def cell_id(params: dict, model_identity: dict) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:CELL_ID_CHARS]
+
+
+# The same JSON as `cell_id` writes, assembled from pieces: {"model":...,"params":{...}} with
+# keys sorted, so the model's JSON and each parameter value's JSON can be cached.
+_SORTED_PARAMS = sorted(CellSpec.__dataclass_fields__.keys() - {"model"})
+_JSON_PIECES: dict[tuple, str] = {}
+
+
+def _params_json(params: dict) -> str:
+    """The inside of `{...}` that json.dumps(params, sort_keys=True, ...) writes."""
+    pieces, out = _JSON_PIECES, []
+    for key in _SORTED_PARAMS:
+        value = params[key]
+        piece_key = (key, value.__class__, value)  # the type keeps 1, 1.0 and True apart
+        try:
+            out.append(pieces[piece_key])
+        except KeyError:
+            piece = f'"{key}":{json.dumps(value, default=str)}'
+            if len(pieces) < 100_000:
+                pieces[piece_key] = piece
+            out.append(piece)
+    return ",".join(out)
+
+
+@lru_cache(maxsize=1024)
+def _model_json(model: ModelSpec) -> str:
+    return json.dumps(model.identity(), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def canonical(axis: str, value: Any) -> Any:
@@ -344,11 +378,11 @@ def cell_limit_error(count: int, max_cells: int) -> str | None:
     """Why a job of `count` cells is refused under the limit `max_cells`, or None.
 
     >>> cell_limit_error(2_000_000, 1_000_000)
-    'the job has 2,000,000 cells, more than the limit of 1,000,000; raise it with --max-cells 2000000 (or max_cells= in submit_job)'
+    'the job has 2,000,000 cells, more than the limit of 1,000,000; raise it with --max-cells 2000000'
     """
     if count <= max_cells:
         return None
     return (
         f"the job has {count:,} cells, more than the limit of {max_cells:,}; raise it with "
-        f"--max-cells {count} (or max_cells= in submit_job)"
+        f"--max-cells {count}"
     )

@@ -21,6 +21,7 @@ the walk itself.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class Product:
             yield from self._walk(0, self.full, {})
 
     def _walk(self, j: int, state: int, values: dict) -> Iterator[dict]:
+        if state == 0:  # no rule can exclude a cell below here: a plain product (fast)
+            yield from self._plain(j, values)
+            return
         f, last = self.factors[j], j == len(self.factors) - 1
         rest = tuple(range(j + 1, len(self.factors)))
         for row, mask in zip(f.rows, self.masks[j]):
@@ -97,6 +101,14 @@ class Product:
                     yield {**values, **dict(zip(f.axes, row))}
             elif s == 0 or self._count(s, rest):  # skip branches with no kept cell
                 yield from self._walk(j + 1, s, {**values, **dict(zip(f.axes, row))})
+
+    def _plain(self, j: int, values: dict) -> Iterator[dict]:
+        rest = self.factors[j:]
+        axes = [a for f in rest for a in f.axes]
+        for combo in itertools.product(*(f.rows for f in rest)):
+            cell = dict(values)
+            cell.update(zip(axes, itertools.chain.from_iterable(combo)))
+            yield cell
 
     def contains(self, values: dict) -> bool:
         """Whether the cell `values` ({axis: value}, every axis) is a kept cell."""
