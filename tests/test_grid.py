@@ -330,3 +330,52 @@ def test_spec_file_errors_name_the_line_and_leave_no_results_dir(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"{spec}:4: include[0].model: no model 'd[2]-h[128]'"), err
     assert len(err.splitlines()) == 1 and not results.exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.builds(
+    CellSpec, model=st.sampled_from([ModelSpec(tag="d[2]-h[64]", head_dim=32),
+                                     ModelSpec(tag="d[2]-h[64]", head_dim=32, seed=-3)]),
+    method=st.sampled_from(["naive", "cached"]), batch_size=st.integers(1, 10**12),
+    prompt_len=st.integers(1, 99), max_tokens=st.integers(1, 99),
+    temperature=st.one_of(st.integers(0, 3), st.floats(0, 1e9)),
+    top_k=st.one_of(st.none(), st.integers(1, 50)), dtype=st.sampled_from(["float32", "float16"]),
+    seed=st.integers(-(2**70), 2**70), prompt=st.one_of(st.none(), st.text(max_size=8)),
+    profile=st.booleans(), memory_budget_bytes=st.one_of(st.none(), st.integers(1, 2**40))))
+def test_cached_cell_id_equals_the_plain_hash(cell):
+    assert cell.cell_id == cell_id(cell.params(), cell.model.identity())
+
+
+def big_spec(tmp_path, batch_sizes: int) -> str:
+    spec = tmp_path / "big.yaml"
+    spec.write_text(
+        "name: big\nmodel: {tag: 'd[2]-h[64]', head_dim: 32}\n"
+        f"grid: {{batch_size: {list(range(1, batch_sizes + 1))}, "
+        f"prompt_len: {list(range(1, 101))}, max_tokens: {list(range(1, 101))}}}\n")
+    return str(spec)
+
+
+def test_dry_run_prints_a_bounded_sample_the_count_and_the_checks(tmp_path, capsys):
+    assert main(["submit", big_spec(tmp_path, 60), "--dry-run", "--max-cells", "2000000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 + 20 + 3  # header, rule, 20 cells, "... more", count, checks
+    assert out[-3:] == [
+        "... 1,199,980 more",
+        "1,200,000 cells (dry run: nothing was run)",
+        ("checks passed: the spec is valid, every cell fits its model's length limit, "
+         "1,200,000 cells <= --max-cells 2,000,000")]
+
+
+def test_a_job_over_the_cell_limit_is_refused_in_one_line(tmp_path, capsys):
+    spec, results = big_spec(tmp_path, 120), tmp_path / "results"
+    assert main(["submit", spec, "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"{spec}: the job has 2,400,000 cells, more than the limit of 1,000,000; "
+                   "raise it with --max-cells 2400000\n")
+    assert not results.exists()
+    assert main(["submit", spec, "--dry-run"]) == 2  # the dry run says so too, after the count
+    captured = capsys.readouterr()
+    assert "2,400,000 cells (dry run" in captured.out and "--max-cells 2400000" in captured.err
+    with pytest.raises(SystemExit):
+        main(["submit", spec, "--max-cells", "0"])
+    assert "--max-cells: must be a positive integer, got '0'" in capsys.readouterr().err

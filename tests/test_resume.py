@@ -250,3 +250,14 @@ def _fresh_ok(job_dir, first_runs) -> list[str]:
     except Exception:  # noqa: BLE001 - a file mid-write: look again
         return []
     return [r["cell_id"] for r in rows if r["status"] == "ok" and r["run_id"] not in first_runs]
+
+
+def test_continue_run_of_an_unknown_run_is_refused_in_one_line(tmp_path, capsys):
+    spec = tmp_path / "j.yaml"
+    spec.write_text("name: j\nmodel: {tag: 'd[2]-h[64]', head_dim: 32}\n")
+    results = tmp_path / "results"
+    assert main(["submit", str(spec), "--results", str(results), "--continue-run", "R9"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --continue-run R9: no such run in {results.absolute() / 'j'} "
+                   "(latest runs: none)\n")
+    assert not results.exists()
