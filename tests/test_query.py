@@ -116,6 +116,14 @@ def test_formats(sweep, capsys):
         (["--where", "batch_size = 'x'"], "batch_size is a number"),
         (["--where", "batch_size ; 1"], "unexpected character ';'"),
         (["--where", "batchsize >= 4"], "unknown column 'batchsize' (did you mean 'batch_size'?)"),
+        # hostile expressions (issue 15): one line, never a RecursionError or an OverflowError
+        (["--where", "(" * 500 + "batch_size = 1" + ")" * 500], "more than 64 nested"),
+        (["--where", "not " * 2000 + "batch_size = 1"], "more than 64 nested"),
+        (["--where", "not " * 5000 + "batch_size = 1"], "longer than 10000 characters"),
+        (["--where", " or ".join(["batch_size = 1"] * 300)], "more than 256 comparisons"),
+        (["--where", "batch_size = 99999999999999999999999"], "outside [-9223372036854775808,"),
+        (["--where", "batch_size = " + "9" * 5000], "a number of 5000 characters"),
+        (["--where", "decode_tok_s < 1" + "0" * 350], "too large to compare with decode_tok_s"),
         (["--columns", "method,speed"], "unknown column 'speed'"),
         (["--sort=-speed"], "unknown --sort column 'speed'"),
         (["--group-by", "methd"], "unknown --group-by column 'methd'"),
@@ -129,6 +137,7 @@ def test_bad_queries_exit_2_with_one_line(sweep, capsys, argv, message):
     err = captured.err.strip()
     assert message in err, err
     assert "\n" not in err and "Traceback" not in err and not captured.out
+    assert len(err) < 1500, err  # a long expression is quoted shortened
     names_columns = "unknown" in message or message.startswith("expected") or "';'" in message
     if names_columns:  # malformed expressions and unknown names list the available columns
         assert "columns: schema_version, run_id" in err
@@ -173,6 +182,12 @@ leaf = st.one_of(
     st.tuples(st.just("x"), st.sampled_from(list(OPS)), st.sampled_from([0.0, 1.5, 3.0])),
     st.tuples(st.just("s"), st.sampled_from(["=", "!="]), st.sampled_from(["p", "q", "z"])),
     st.tuples(st.just("a"), st.just("in"), st.lists(st.integers(0, 5), min_size=1, max_size=3)),
+    # an integer column against fractional numbers: compared by value, never truncated
+    st.tuples(st.just("a"), st.sampled_from(list(OPS)), st.sampled_from([0.5, 1.9, 2.0, 3.5])),
+    st.tuples(st.just("a"), st.just("in"),
+              st.lists(st.sampled_from([1, 1.9, 2.0, 2.5, 4]), min_size=1, max_size=3)),
+    # a literal on the left
+    st.tuples(st.sampled_from([1.5, 2, 3.0]), st.sampled_from(list(OPS)), st.just("a")),
 )
 exprs = st.recursive(
     leaf,
@@ -191,6 +206,8 @@ def to_text(e) -> str:
     col, op, value = e
     if op == "in":
         return f"{col} in ({', '.join(map(str, value))})"
+    if not isinstance(col, str):  # literal first: "1.5 < a"
+        return f"{col!r} {op} {value}"
     return f"{col} {op} {value!r}"
 
 
@@ -207,6 +224,8 @@ def truth(e, row) -> bool | None:
     col, op, value = e
     if op == "in":
         return row[col] in value  # is_in: null is never in a list of numbers
+    if not isinstance(col, str):
+        return None if row[value] is None else OPS[op](col, row[value])
     return None if row[col] is None else OPS[op](row[col], value)
 
 
@@ -215,6 +234,21 @@ def truth(e, row) -> bool | None:
 def test_where_agrees_with_python(expr):
     got = TABLE.filter(parse_where(to_text(expr), TABLE.schema)).to_pylist()
     assert got == [row for row in TABLE.to_pylist() if truth(expr, row)]
+
+
+def test_where_compares_an_int_column_with_fractions_by_value():
+    """`batch_size in (1.9)` must not match 1 (the float truncated to the column's type)."""
+    table = pa.table({"batch_size": pa.array([1, 2, 4], pa.int64())})
+
+    def rows(text):
+        return table.filter(parse_where(text, table.schema))["batch_size"].to_pylist()
+
+    assert rows("batch_size in (1.9)") == [] and rows("batch_size = 1.9") == []
+    assert rows("batch_size in (1.9, 2.0, 4)") == [2, 4] and rows("batch_size != 1.9") == [1, 2, 4]
+    assert rows("batch_size < 1.5") == [1] and rows("1.5 < batch_size") == [2, 4]
+    small = pa.table({"u": pa.array([1, 2], pa.uint8())})
+    with pytest.raises(QueryError, match=r"u holds uint8 values; 300 is outside \[0, 255\]"):
+        parse_where("u in (1, 300)", small.schema)
 
 
 def test_where_never_evaluates_python():

@@ -55,7 +55,7 @@ KEYWORDS = ("and", "or", "not", "in", "is", "null", "true", "false")
 MAX_CHARS = 10_000
 MAX_DEPTH = 64  # nested "not" and parentheses (the parser recurses once per level)
 MAX_TERMS = 256  # comparisons and "in" values (Arrow evaluates deep expressions recursively)
-MAX_NUMBER_CHARS = 100
+MAX_NUMBER_CHARS = 400
 _OPS = {
     "=": pc.equal,
     "==": pc.equal,
