@@ -228,8 +228,13 @@ def mark_dead_runs(job_dir: Location | Path | str, current_run_id: str | None = 
     """Mark "killed" every manifest of the job still saying "running" whose driver is gone;
     call it holding the job's lock (which a live submit of the job would hold). A driver on
     this host is gone when its pid is; one elsewhere, when it no longer holds the lock.
-    Returns the run ids marked."""
-    location = resolve(job_dir) / MANIFEST_DIR
+    Also removes the temporary files (`.tmp-*`) a killed writer left in the job and manifest
+    directories. Returns the run ids marked."""
+    job = resolve(job_dir)
+    location = job / MANIFEST_DIR
+    for where in (job, location):
+        for name in where.remove_temporaries():
+            log.info("removed %s/%s (left by a killed writer)", where.uri, name)
     marked = []
     for name, data in _manifests(location):
         if data.get("status") != "running" or data.get("run_id") == current_run_id:
