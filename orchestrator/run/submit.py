@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ClusterError, Interrupted, SpecError, StorageError, UsageError
+from orchestrator.results.dataset import summary_rows
+from orchestrator.run.compact import compact_after_submit
 from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs, read_manifests
 from orchestrator.run.plan import CellState, cell_state, plan_cells
 from orchestrator.run.progress import LineProgress, Progress, reporting
@@ -185,6 +187,7 @@ def submit_job(
     store.lock()
     try:
         mark_dead_runs(job_dir)  # under the lock: a "running" run of this job is a dead one
+        store.recover()  # a compaction killed midway: finish or undo it (run/compact.py)
         mode = "all" if fresh else "failed" if rerun_failed else "resume"
         continuing = _run_history(store, continue_run) if continue_run else None
         plan = plan_cells(iter_cells(job), store.cell_history(), mode=mode, continuing=continuing)
@@ -215,6 +218,7 @@ def submit_job(
                 continuable=mode != "resume" or continue_run is not None,
             )
             not_run = _run(job, todo, store, address, backend, plan.first_attempt, created, run)
+        compact_after_submit(store)
     finally:
         store.unlock()
     # the job's cells streamed again against the rows: memory follows the rows, not the job
@@ -226,7 +230,7 @@ def submit_job(
         states[cell_state(rows_of_cell)] += 1
         if rows_of_cell:
             ids.add(cell.cell_id)
-    rows = [r for r in store.load().rows() if r.get("cell_id") in ids]
+    rows = [r for r in summary_rows(job_dir, allow_empty=True)[0] if r.get("cell_id") in ids]
     failed = states[CellState.FAILED] + max(0, states[CellState.UNFINISHED] - not_run)
     return SubmitOutcome(
         job_dir=job_dir,
