@@ -58,7 +58,8 @@ def test_small_job_end_to_end_on_the_engine(tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["submit", str(spec), "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "decode tok/s naive" in out and "decode tok/s cached" in out and "speedup" in out
+    assert "decode tok/s" in out and "speedup" in out  # fitted to the terminal (see test_summary)
+    assert "naive" in out.split("decode tok/s")[1] and "cached" in out.split("decode tok/s")[1]
     assert "4 ok (cells)" in out
     table = read_rows(results / "job")
     assert table.num_rows == 4
