@@ -215,3 +215,39 @@ def test_pivot_ratio_only_within_one_hardware(tmp_path):
     )
     table = summarize(job, *args)
     assert "mixed hw: 1 ratio(s) left empty" in table.stdout
+
+
+def test_layout_splits_a_group_too_wide_for_one_block_and_repeats_the_keys():
+    from orchestrator.results.layout import Column, fit
+
+    keys = [Column(group="batch", name="size", values=["1", "8"], key=True)]
+    wide = [
+        Column(group="decode tok/s", name=f"method{i}", values=["1,234.5", "9.0"]) for i in range(8)
+    ]
+    text = fit([*keys, *wide], width=40)
+    blocks = text.split("\n\n")
+    assert len(blocks) > 2 and all(b.splitlines()[1].lstrip().startswith("size") for b in blocks)
+    assert max(len(line) for line in text.splitlines()) <= 40
+    assert all(f"method{i}" in text for i in range(8))  # nothing cut
+    assert text.count("1,234.5") == 8
+
+
+def test_hardware_identity_and_its_fallbacks():
+    from orchestrator.results.hardware import hardware_id
+
+    new = {
+        "device": "cuda:1",
+        "accelerator_model": "NVIDIA H100",
+        "gpu_name": "x",
+        "cpu_model": "AMD",
+        "node_ip": "10.0.0.5",
+        "hostname": "n1",
+    }
+    assert hardware_id(new) == "cuda NVIDIA H100 @ 10.0.0.5"
+    assert hardware_id({"device": "cuda:0", "gpu_name": "NVIDIA H100", "hostname": "n1"}) == (
+        "cuda NVIDIA H100 @ n1"
+    )
+    assert hardware_id({"device": "cpu", "cpu_model": "AMD", "node_ip": "10.0.0.5"}) == (
+        "cpu AMD @ 10.0.0.5"
+    )
+    assert hardware_id({"hostname": "n1"}) == "@ n1" and hardware_id({}) == "?"
