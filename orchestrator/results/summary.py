@@ -179,7 +179,7 @@ def render(
             head += f"\non {table.hardware}"
         body = _wide(table) if wide else fit(table.columns, width)
         parts.append(f"{head}\n{body}")
-        parts += [_wrap(note, width) for note in table.notes]
+        parts += [""] * bool(table.notes) + [_wrap(note, width) for note in table.notes]
     failures = failure_table(rows, width)
     if failures:
         parts.append(f"\ncells that did not succeed\n{failures}")
