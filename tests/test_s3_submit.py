@@ -1,9 +1,10 @@
 """Results on a real S3-protocol server (moto_server on 127.0.0.1, tests/s3server.py), through
 the CLI as a user runs it: a full submit to `s3://...`, reading it back (summarize, query,
-compare, compact), and a driver SIGKILLed mid-run then resumed into the same URI."""
+compare, plot, compact), and a driver SIGKILLed mid-run then resumed into the same URI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -79,6 +80,10 @@ def test_submit_to_s3_then_read_it_back(s3_server, s3_bucket, tmp_path):
         ("cached", "ok", "finished"), ("naive", "ok", "finished")]
     compare = _cli(["compare", job_uri, job_uri, "--format", "json"], env)
     assert compare.returncode == 0, compare.stderr
+    if importlib.util.find_spec("matplotlib"):
+        plots = _cli(["plot", job_uri, "--out", str(tmp_path / "plots")], env)
+        assert plots.returncode == 0, plots.stderr
+        assert (tmp_path / "plots" / "decode_tok_s_vs_prompt_len.png").is_file()
     compact = _cli(["compact", results], env)
     assert compact.returncode == 0, compact.stderr
     assert len(_rows(job_uri)) == 2  # compaction keeps every row exactly once
