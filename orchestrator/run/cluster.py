@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from orchestrator.errors import ClusterError, UsageError
+from orchestrator.run.reaper import Watchdog, start_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ class RayConnection:
     log_file: Path | None
     handler: logging.Handler | None = None
     restore: Any = None  # undoes the redirect of Ray's error printer
+    watchdog: Watchdog | None = None  # ends a local Ray's processes if this process dies
 
     def close(self) -> None:
         """Shut Ray down (if this process started or joined it); signals that arrive meanwhile
@@ -344,6 +346,8 @@ class RayConnection:
                     ray.shutdown()
                 except Exception as e:  # noqa: BLE001 - nothing left to save; say where
                     log.debug("ray.shutdown: %s", e)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.restore is not None:
             self.restore()
         if self.handler is not None:
@@ -400,6 +404,7 @@ def connect(address: str | None, log_file: Path | None) -> RayConnection:
         report = _probe(address, label, probe_log, deadline)
         log.debug("trial join of %s: %s", address, report)
     handler = _log_ray_logger(log_file) if log_file is not None else None
+    watch = start_watchdog() if address is None else None  # a local Ray: ours to clean up
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     got: list[int] = []
     try:
@@ -414,10 +419,10 @@ def connect(address: str | None, log_file: Path | None) -> RayConnection:
                 if got and ray.is_initialized():
                     ray.shutdown()  # interrupted while starting: leave nothing running
     except KeyboardInterrupt:
-        _drop_handler(handler)
+        _drop_handler(handler, watch)
         raise
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
-        _drop_handler(handler)
+        _drop_handler(handler, watch)
         if got:  # interrupted, and Ray failed on the way: the interrupt is what counts
             raise KeyboardInterrupt from None
         where = f"; Ray log: {log_file}" if log_file is not None else ""
@@ -425,10 +430,14 @@ def connect(address: str | None, log_file: Path | None) -> RayConnection:
             f"{label}: could not start or join Ray: {' '.join(str(e).split())[:300]}{where}"
         ) from None
     restore = _redirect_error_printer(log_file) if log_file is not None else None
-    return RayConnection(started=True, log_file=log_file, handler=handler, restore=restore)
+    return RayConnection(
+        started=True, log_file=log_file, handler=handler, restore=restore, watchdog=watch
+    )
 
 
-def _drop_handler(handler: logging.Handler | None) -> None:
+def _drop_handler(handler: logging.Handler | None, watch: Watchdog | None = None) -> None:
+    if watch is not None:
+        watch.stop()
     if handler is not None:
         logging.getLogger("ray").removeHandler(handler)
         handler.close()
