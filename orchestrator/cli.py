@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     except OrchestratorError as e:
         print(str(e) if isinstance(e, (SpecError, Interrupted)) else f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # an I/O fault that no layer named: still one line, exit 3
+        from orchestrator.errors import StorageError
+        from orchestrator.run.storage import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return StorageError.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

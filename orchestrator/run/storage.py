@@ -99,6 +99,18 @@ def describe(exc: OSError, path: str, *, local: bool) -> StorageError:
     return StorageError(where, cause, code)
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OSError that no layer named, as one line (the CLI's last resort, exit 3).
+
+    >>> import errno
+    >>> os_error_line(OSError(errno.EROFS, "Read-only file system", "/r/x"))
+    '/r/x: read-only file system'
+    """
+    if exc.filename:
+        return str(describe(exc, os.fsdecode(exc.filename), local=True))
+    return _one_line(exc, 300)
+
+
 @contextlib.contextmanager
 def storage_errors(path: str, *, local: bool = True) -> Iterator[None]:
     """Turn an OSError raised inside into a StorageError about `path` (FileNotFoundError on a
