@@ -146,12 +146,20 @@ def results_schema(path: Path) -> pa.Schema:
 
 def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[list[dict], list[str]]:
     """(rows with the SUMMARY_COLUMNS, the files skipped) of one job; ResultsError when it
-    holds no readable rows (unless `allow_empty`). Rows whose greedy tokens differ from another
-    method's in the same setting also get their `generated_ids` (read for those cells only)."""
+    holds no readable rows (unless `allow_empty`). `finished_at` is ISO-like text (it sorts by
+    time; 100k datetime objects would cost more than the rest). Rows whose greedy tokens differ
+    from another method's in the same setting also get their `generated_ids` (read for those
+    cells only)."""
     store = ResultStore(job_dir)
     loaded = store.read(SUMMARY_COLUMNS) if allow_empty else store.require_results(SUMMARY_COLUMNS)
-    rows = loaded.rows()
-    wanted = _mismatching_cells(rows)
+    if loaded.table is None:
+        return [], loaded.bad_files
+    table = loaded.table
+    for i, col in enumerate(table.columns):
+        if pa.types.is_timestamp(col.type):
+            table = table.set_column(i, table.field(i).name, col.cast(pa.string()))
+    wanted = _mismatching_cells(table)
+    rows = table.to_pylist()
     if wanted:
         ids = ids_fetcher(job_dir)(sorted(wanted))
         for row in rows:
@@ -160,14 +168,23 @@ def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[list[dict
     return rows, loaded.bad_files
 
 
-def _mismatching_cells(rows: list[dict]) -> set[str]:
+def _mismatching_cells(table: pa.Table) -> set[str]:
     """Cells of ok rows whose `tokens_sha256` differs from another ok row's of the same
     parameters apart from the method (a superset of the pairs the summary compares)."""
-    keys = SUMMARY_COLUMNS[9:19]  # batch_size ... model_seed
+    keys = [k for k in SUMMARY_COLUMNS[9:19] if k in table.column_names]  # batch_size..model_seed
+    if "tokens_sha256" not in table.column_names or "status" not in table.column_names:
+        return set()
+    ok = table.filter(pc.field("status") == Status.OK.value).filter(
+        pc.field("tokens_sha256").is_valid()
+    )
+    if not ok.num_rows:
+        return set()
+    counts = ok.group_by(keys, use_threads=False).aggregate([("tokens_sha256", "count_distinct")])
+    if pc.max(counts["tokens_sha256_count_distinct"]).as_py() <= 1:
+        return set()  # the usual case: every method generated the same tokens
     groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row.get("status") == Status.OK.value and row.get("tokens_sha256"):
-            groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    for row in ok.select(["cell_id", "tokens_sha256", *keys]).to_pylist():
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
     out: set[str] = set()
     for group in groups.values():
         if len({r["tokens_sha256"] for r in group}) > 1:

@@ -39,6 +39,7 @@ class ScanResult:
 
     table: pa.Table | None
     bad: list[tuple[str, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # the files read
 
 
 def read_journal(loc: Location) -> dict | None:
@@ -177,7 +178,7 @@ def scan(
 
 def _read(files: Files, columns, filter, dedup: bool) -> ScanResult:
     if not files.fragments:
-        return ScanResult(None, files.bad)
+        return ScanResult(None, files.bad, [])
     names = files.schema.names
     wanted = names if columns is None else [c for c in dict.fromkeys(columns) if c in names]
     keys = [k for k in ROW_KEY if k in names] if dedup else []
@@ -191,7 +192,7 @@ def _read(files: Files, columns, filter, dedup: bool) -> ScanResult:
         table = _read_one_by_one(files, read_cols, filter)
     if keys and table.num_rows:
         table = dedup_rows(table, keys)
-    return ScanResult(table.select(wanted), files.bad)
+    return ScanResult(table.select(wanted), files.bad, files.names)
 
 
 def _read_one_by_one(files: Files, read_cols, filter) -> pa.Table:

@@ -125,6 +125,7 @@ KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "cell_wall_s": _F64,
     "model_load_s": _F64,
 }
+LOOSE_HINT = 1000  # uncompacted files that make a read suggest `compact`
 HISTORY_COLUMNS = ("cell_id", "attempt", "status", "will_retry", "finished_at")
 
 
@@ -290,6 +291,16 @@ class ResultStore:
             filter=filter,
         )
         self.report_bad(result.bad)
+        loose = sum(1 for n in result.files if not n.startswith("part-compact-"))
+        if loose >= LOOSE_HINT and "hint" not in self._reported:
+            self._reported.add("hint")
+            log.info(
+                "%s holds %d uncompacted attempt files; `python -m orchestrator compact %s` "
+                "makes every read of it faster",
+                self.job_dir,
+                loose,
+                self.job_dir,
+            )
         return LoadedResults(result.table, [self.display(name) for name, _ in result.bad])
 
     def report_bad(self, bad: list[tuple[str, str]]) -> None:
@@ -321,12 +332,18 @@ class ResultStore:
         return self.read(wanted, expr)
 
     def cell_history(self) -> dict[str, list[dict]]:
-        """cell_id -> its rows' (attempt, status, will_retry, finished_at), oldest first."""
+        """cell_id -> its rows' (attempt, status, will_retry, finished_at), oldest first.
+
+        `finished_at` is ISO-like text ('2026-01-01 00:00:01.000Z', which sorts by time):
+        turning 100k timestamps into datetime objects would be most of a resume's planning."""
         table = self.read(HISTORY_COLUMNS).table
         history: dict[str, list[dict]] = {}
         if table is None:
             return history
-        cols = {name: table[name].to_pylist() for name in table.column_names}
+        cols = {
+            name: (col.cast(pa.string()) if pa.types.is_timestamp(col.type) else col).to_pylist()
+            for name, col in zip(table.column_names, table.columns)
+        }
         names = list(cols)
         for values in zip(*cols.values()):
             row = dict(zip(names, values))
