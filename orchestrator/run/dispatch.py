@@ -200,24 +200,28 @@ class Dispatcher:
             self._emit(task, record)
 
     # -- worker start-up and restarts -------------------------------------------------------
-    def _probe(self, slot: Slot, state: str) -> None:
+    def _probe(self, slot: Slot, state: str, deadline: float | None = None) -> None:
         slot.state, slot.model_key = state, None  # a new process has no model loaded
         probe = slot.handle.ready.options(max_task_retries=-1).remote()
         self.probes[probe] = slot
-        self.probe_deadlines[probe] = time.monotonic() + ACTOR_START_TIMEOUT_S
+        self.probe_deadlines[probe] = deadline or time.monotonic() + ACTOR_START_TIMEOUT_S
 
     def _probe_done(self, ref: Any) -> None:
         ray = import_ray()
         slot = self.probes.pop(ref)
-        self.probe_deadlines.pop(ref, None)
+        deadline = self.probe_deadlines.pop(ref, None)
         was = slot.state
         try:
-            slot.provenance = ray.get(ref)
+            provenance = ray.get(ref)
         except Exception as e:  # noqa: BLE001 - failed to start, or gone (its node died)
             what = "failed to start" if was == "starting" else "is gone and will get no more cells"
             log.warning("worker %d %s: %s", slot.index, what, _short(e))
             self._lose(slot)
             return
+        if was == "restarting" and provenance.get("pid") == slot.provenance.get("pid"):
+            self._probe(slot, was, deadline)  # the old process answered before the kill landed
+            return
+        slot.provenance = provenance
         slot.state, self.ever_ready = "ready", True
         if was == "starting":
             log.info("%s", describe(slot))

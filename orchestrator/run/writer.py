@@ -57,6 +57,7 @@ class RowWriter:
         self._error: BaseException | None = None
         self._closed = False
         self.written = 0
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="row-writer", daemon=True)
         self._thread.start()
 
@@ -79,9 +80,9 @@ class RowWriter:
             self._closed = True
             self._put_stop()
         interrupted = None
-        while self._thread.is_alive():
+        while not self._done.is_set():  # (an interrupted Thread.join can lose track of it)
             try:
-                self._thread.join()
+                self._done.wait()
             except KeyboardInterrupt as e:  # rows of finished cells are still being written
                 log.warning("still writing %d finished row(s)", self._queue.qsize())
                 interrupted = e
@@ -90,7 +91,7 @@ class RowWriter:
             raise interrupted
 
     def _put_stop(self) -> None:
-        while self._thread.is_alive():
+        while not self._done.is_set():
             try:
                 self._queue.put(_STOP, timeout=_PUT_TICK_S)
                 return
@@ -102,6 +103,12 @@ class RowWriter:
             raise self._error
 
     def _loop(self) -> None:
+        try:
+            self._drain_queue()
+        finally:
+            self._done.set()
+
+    def _drain_queue(self) -> None:
         while True:
             batch = [self._queue.get()]
             while len(batch) < self._max_batch:
