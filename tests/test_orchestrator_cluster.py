@@ -51,19 +51,28 @@ def run_script(tmp_path: Path, body: str, timeout: int = 240) -> tuple[Path, str
 
 
 def test_gpu_pinning_with_declared_gpus_on_cpu(tmp_path):
-    job_dir, _ = run_script(tmp_path, """\
-        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+    # A node with 1 CPU and 2 declared GPUs: both GPU workers start (each asks for 0.5 CPU, not
+    # Ray's implicit 1). Torch sees no CUDA here, so the CPU stand-in is allowed on purpose
+    # (ORCHESTRATOR_CPU_STAND_IN=1); without it their cells fail (tests/test_dispatch_gpu.py).
+    job_dir, out = run_script(tmp_path, """\
+        import os
+        os.environ["ORCHESTRATOR_CPU_STAND_IN"] = "1"
+        ray.init(address="local", num_cpus=1, num_gpus=2, include_dashboard=False,
                  log_to_driver=False,
                  configure_logging=False)
-        code = main(["-q", "submit", spec, "--results", results])
+        # cells long enough that the second worker is up before the first one is done
+        code = main(["-q", "submit", spec, "--results", results, "--set",
+                     "grid.batch_size=[1,2,3,4,5,6,7,8]", "--set", "measure.repeats=5"])
         ray.shutdown()
         sys.exit(code)
     """)
     rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
     assert {r["cuda_visible_devices"] for r in rows} == {"0", "1"}
-    assert len({r["ray_actor_id"] for r in rows}) == 2
+    assert len({r["ray_actor_id"] for r in rows}) == 2 and "did not start" not in out
     assert {r["device"] for r in rows} == {"cpu"}  # torch sees no CUDA: the worker uses CPU
+    assert {r["cpu_stand_in"] for r in rows} == {True}  # and the rows say it was a stand-in
+    assert {r["accelerator_model"] for r in rows} == {None}
 
 
 def test_two_node_cluster_results_land_in_driver_dataset(tmp_path):
