@@ -101,11 +101,15 @@ class FlockLock:
             holder = self._holder(f)
             f.close()
             raise _refused(self.job, holder) from None
-        with storage_errors(self.path):
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {this_host()} since {_stamp()}\n")
-            f.flush()
+        try:
+            with storage_errors(self.path):
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {this_host()} since {_stamp()}\n")
+                f.flush()
+        except BaseException:
+            f.close()  # releases the flock
+            raise
         self._file = f
 
     def _holder(self, f) -> str:
