@@ -107,7 +107,7 @@ def record(cell, rng: random.Random, i: int) -> dict:
     speed = (4.0 if cell.method == "cached" else 1.0) * 1000.0 / (1 + p / 256)
     steps = [1000.0 / speed * (1 + 0.05 * rng.random()) for _ in range(n)]
     ids_rng = random.Random(hash((p, b, n)))  # naive and cached generate the same ids
-    ids = [[ids_rng.randrange(4096) for _ in range(n)] for _ in range(b)]
+    ids = [ids_rng.choices(range(4096), k=n) for _ in range(b)]
     srt = sorted(steps)
     mean = sum(steps) / n
     row = {
@@ -258,11 +258,15 @@ def main() -> int:
 
 
 def _rows(job_dir: Path) -> int | None:
+    """Rows of a compacted job with today's columns (else None: write it again)."""
     if not job_dir.is_dir() or not all(
         p.name.startswith(compact_mod.COMPACT_PREFIX) for p in job_dir.glob("part-*")
     ):
         return None
-    table = ResultStore(job_dir).read(["cell_id"]).table
+    store = ResultStore(job_dir)
+    if store.schema().names != list(KNOWN_COLUMNS):
+        return None
+    table = store.read(["cell_id"]).table
     return None if table is None else table.num_rows
 
 
