@@ -263,10 +263,11 @@ def _rows(job_dir: Path) -> int | None:
         p.name.startswith(compact_mod.COMPACT_PREFIX) for p in job_dir.glob("part-*")
     ):
         return None
-    store = ResultStore(job_dir)
-    if store.schema().names != list(KNOWN_COLUMNS):
+    import pyarrow.parquet as pq
+
+    if any(pq.read_schema(p).names != list(KNOWN_COLUMNS) for p in job_dir.glob("part-*")):
         return None
-    table = store.read(["cell_id"]).table
+    table = ResultStore(job_dir).read(["cell_id"]).table
     return None if table is None else table.num_rows
 
 
