@@ -379,3 +379,14 @@ def test_a_job_over_the_cell_limit_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["submit", spec, "--max-cells", "0"])
     assert "--max-cells: must be a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_streamed_cell_ids_equal_the_plain_hash_whatever_the_measure_settings():
+    spec = job(grid={"temperature": [0, 0.5], "top_k": [None, 3], "dtype": ["float16", "float32"]},
+               measure={"prompt": 'say "50% of %s" \u00e9\u4e2d', "seed": 7, "repeats": 2,
+                        "memory_budget_bytes": 10**9},
+               include=[{"batch_size": 3, "temperature": 1}])
+    cells = list(iter_cells(spec))
+    assert len(cells) == 2 * 2 * 2 * 2 + 1
+    for cell in cells:
+        assert cell.cell_id == cell_id(cell.params(), cell.model.identity())
