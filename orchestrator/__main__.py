@@ -24,4 +24,6 @@ if __name__ == "__main__":
         line = shlex.join(["python", "-m", "orchestrator", *sys.argv[1:]])
         print(f"interrupted; nothing was lost; run again with: {line}", file=sys.stderr)
         code = 130
+    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_sig, signal.SIG_IGN)  # the outcome is decided; a late signal changes nothing
     sys.exit(code)

@@ -21,9 +21,10 @@ Progress and diagnostics go to stderr (logging); tables and cell lists go to std
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
-import signal
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from orchestrator import results_cli
 from orchestrator.cli_help import epilog
 from orchestrator.errors import Interrupted, OrchestratorError, SpecError
 from orchestrator.results.dataset import job_dirs, summary_rows
+from orchestrator.run import interrupts
 from orchestrator.spec.grid import (
     DEFAULT_MAX_CELLS,
     cell_limit_error,
@@ -162,30 +164,16 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
         logger.propagate = False
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits 2 on bad arguments
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.verbose = getattr(args, "verbose", False)  # -v/-q may come before or after the command
     args.quiet = getattr(args, "quiet", False)
     _configure_logging(args.verbose, args.quiet)
+    quit_line = _interrupted_line(args)
     try:
-        if args.command == "submit":
-            return _submit(args)
-        if args.command in results_cli.COMMANDS:
-            return results_cli.run(args)
-        if args.command == "compact":
-            from orchestrator.run.compact import compact_path
-
-            for line in compact_path(args.results_dir):
-                print(line)
-            return 0
-        if results_cli.wants_pivot(args):
-            return results_cli.summarize_pivot(args)
-        return _summarize(args.results_dir, args)
+        with interrupts.handled(quit_line):  # Ctrl-C, SIGTERM, SIGHUP: KeyboardInterrupt
+            return _command(args)
     except OrchestratorError as e:
         print(str(e) if isinstance(e, (SpecError, Interrupted)) else f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -196,34 +184,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return StorageError.exit_code
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
+            print(quit_line, file=sys.stderr)
+        return interrupts.EXIT_INTERRUPTED
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """What an interrupt that came before any cell ran prints: for submit, the same command."""
+    if args.command != "submit":
+        return "interrupted"
+    return "interrupted; nothing was lost; resume with: " + shlex.join(
+        ["python", "-m", "orchestrator", *args.argv]
+    )
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "submit":
+        return _submit(args)
+    if args.command in results_cli.COMMANDS:
+        return results_cli.run(args)
+    if args.command == "compact":
+        from orchestrator.run.compact import compact_path
+
+        for line in compact_path(args.results_dir):
+            print(line)
+        return 0
+    if results_cli.wants_pivot(args):
+        return results_cli.summarize_pivot(args)
+    return _summarize(args.results_dir, args)
 
 
 def _submit(args: argparse.Namespace) -> int:
     job = load_job_spec(args.spec, args.overrides, worker_memory_bytes=_local_cpu_memory(args))
     if args.dry_run:
         return _dry_run(job, args.max_cells)
-    if args.address:
-        from orchestrator.run.cluster import check_address
+    from orchestrator.run.cluster import check_address, check_results_target, resolve_address
 
-        check_address(args.address)
+    address, label = resolve_address(args.address)  # --address, else $RAY_ADDRESS
+    if address is not None:
+        check_address(address, label=label)  # quick; the bounded trial join comes in connect()
+    check_results_target(args.results)
     from orchestrator.run.submit import submit_job
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        outcome = submit_job(
-            job,
-            args.results,  # a path or a storage URI: never a Path (it would mangle s3://)
-            address=args.address,
-            fresh=args.fresh,
-            rerun_failed=args.rerun == "failed",
-            max_cells=args.max_cells,
-            continue_run=args.continue_run,
-            **results_cli.submit_options(args),
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    outcome = submit_job(
+        job,
+        args.results,  # a path or a storage URI: never a Path (it would mangle s3://)
+        address=args.address,
+        fresh=args.fresh,
+        rerun_failed=args.rerun == "failed",
+        max_cells=args.max_cells,
+        continue_run=args.continue_run,
+        **results_cli.submit_options(args),
+    )
     print(results_cli.summary_text(outcome.rows, f"{job.name}: {outcome.job_dir}", args))
     results_cli.after_submit(args, outcome.job_dir)
     log.info("%s", outcome.summary_line())

@@ -11,6 +11,7 @@ cells whose latest attempt failed are skipped unless `rerun_failed`, `fresh` run
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from orchestrator.spec.job import JobSpec
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+GIT_COMMIT_ENV = "UNET_BENCH_GIT_COMMIT"  # the code version, when the code has no .git
 
 
 @dataclass
@@ -126,7 +128,9 @@ class _Progress:
         self.labels = {c.cell_id: c.label() for c in cells}
         self.statuses: dict[str, int] = {}
         self.not_run = 0
-        self.commit = git_commit()
+        # `ray job submit` uploads the working dir without a usable .git: the submitter passes
+        # the code version in (README: --runtime-env-json ... UNET_BENCH_GIT_COMMIT).
+        self.commit = os.environ.get(GIT_COMMIT_ENV, "").strip() or git_commit()
         self.writer = RowWriter(store_sink(store))
 
     def started(self, cell: CellSpec, worker_index: int) -> None:
@@ -278,13 +282,15 @@ def _run(
     run: _RunContext,
 ) -> int:
     """Run `todo`; returns how many cells were never tried because no worker was left."""
-    from orchestrator.run.cluster import connect
+    from orchestrator.run.cluster import connect, ray_log_file
     from orchestrator.run.dispatch import Dispatcher
 
+    ray_log = ray_log_file(job.name)
+
     try:
-        with storage_errors(str(store.ray_log.parent)):  # e.g. `_ray` is a file
-            conn = connect(address, store.ray_log)
-    except ClusterError:
+        with storage_errors(str(ray_log.parent)):  # the Ray log: system temp dir, outlives results
+            conn = connect(address, ray_log)
+    except (ClusterError, KeyboardInterrupt):
         store.unlock()
         if created and not store.part_files():  # leave no trace of a run that never started
             shutil.rmtree(created[0], ignore_errors=True)
@@ -293,7 +299,7 @@ def _run(
         log.info(
             "Ray logs: %s (worker logs under the Ray session directory, "
             "/tmp/ray/session_latest/logs)",
-            store.ray_log,
+            conn.log_file,
         )
     run_id = run.run_id or new_run_id()
     recorder = _Progress(store, job, todo, run_id, run.progress)
