@@ -10,8 +10,9 @@ worker count it runs one job of trivially small cells and reports:
   thread, progress off.
 
 cells/s = cells / span and driver CPU/cell = `time.process_time()` of the driver process (every
-thread: dispatch loop, writer, Ray's client threads) over the same span / cells, where the span
-runs from the first cell handed to a worker until every row is written. Worker start-up is
+thread: dispatch loop, row writer, Ray's client threads) over the same span / cells, where the
+span runs from the first cell handed to a worker until every row is written; "of it in the loop"
+is the dispatch thread's own share (`time.thread_time()`). Worker start-up is
 outside the span. Cells use a trivial in-process backend (the worker returns fixed metrics at
 once: the real engine's smallest cell takes milliseconds, which would measure the engine);
 `--engine` runs the real engine on the smallest cell instead.
@@ -56,27 +57,27 @@ class SpanProgress:
     """A silent Progress that clocks the span: first cell started -> end of the dispatch."""
 
     def __init__(self) -> None:
-        self.t0: tuple[float, float] | None = None
-        self.t1: tuple[float, float] | None = None
+        self.t0: tuple[float, float, float] | None = None
+        self.t1: tuple[float, float, float] | None = None
 
-    def begin(self, *, total: int, skipped: int, to_run: int) -> None:
+    def begin(self, **counts: object) -> None:
         pass
 
     def started(self, worker: int, label: str) -> None:
         if self.t0 is None:
-            self.t0 = (time.perf_counter(), time.process_time())
+            self.t0 = (time.perf_counter(), time.process_time(), time.thread_time())
 
-    def finished(self, record: dict, label: str, *, final: bool) -> None:
+    def finished(self, record: dict, label: str, **kw: object) -> None:
         pass
 
     def end(self) -> None:
-        self.t1 = (time.perf_counter(), time.process_time())
+        self.t1 = (time.perf_counter(), time.process_time(), time.thread_time())
 
-    def rates(self, n: int) -> tuple[float, float]:
-        """(cells/s, driver CPU ms per cell)"""
+    def rates(self, n: int) -> tuple[float, float, float]:
+        """(cells/s, driver CPU ms per cell, dispatch-thread CPU ms per cell)"""
         assert self.t0 is not None and self.t1 is not None
-        wall, cpu = self.t1[0] - self.t0[0], self.t1[1] - self.t0[1]
-        return n / wall, cpu / n * 1e3
+        wall, cpu, loop = (b - a for a, b in zip(self.t0, self.t1, strict=True))
+        return n / wall, cpu / n * 1e3, loop / n * 1e3
 
 
 def job_spec(name: str, n_cells: int, workers: int):
@@ -96,7 +97,7 @@ def job_spec(name: str, n_cells: int, workers: int):
     return parse_job_spec(Document(data=data))
 
 
-def run_dispatch(job, backend) -> tuple[int, float, float]:
+def run_dispatch(job, backend) -> tuple[int, float, float, float]:
     cells = expand_cells(job)
     span = SpanProgress()
     rows: list[dict] = []
@@ -113,7 +114,7 @@ def run_dispatch(job, backend) -> tuple[int, float, float]:
     return (len(rows), *span.rates(len(rows)))
 
 
-def run_submit(job, backend, results: Path) -> tuple[int, float, float]:
+def run_submit(job, backend, results: Path) -> tuple[int, float, float, float]:
     span = SpanProgress()
     outcome = submit_job(job, results, backend=backend, progress=span)
     assert outcome.exit_code == 0 and outcome.ran == len(outcome.rows), outcome.summary_line()
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = None if args.engine else TrivialBackend()
     kind = "real engine, smallest cell" if args.engine else "trivial in-process backend"
     print(f"{machine()}; local Ray with {DECLARED_CPUS} declared CPUs; cells: {kind}")
-    print(f"{'mode':<9} {'workers':>7} {'cells':>6} {'cells/s':>8} {'driver CPU ms/cell':>19}")
+    print(f"{'mode':<9} {'workers':>7} {'cells':>6} {'cells/s':>8} {'driver CPU ms/cell':>19} "
+          f"{'of it in the loop':>18}")
     scratch = Path(tempfile.mkdtemp(prefix="overhead-"))
     modes = args.modes.split(",")
     try:
@@ -154,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 job = job_spec(f"overhead-{mode}-{w}", args.cells, w)
                 if mode == "dispatch":
-                    n, rate, cpu = run_dispatch(job, backend)
+                    n, rate, cpu, loop = run_dispatch(job, backend)
                 else:
-                    n, rate, cpu = run_submit(job, backend, scratch)
-                print(f"{mode:<9} {w:>7} {n:>6} {rate:>8.0f} {cpu:>19.2f}", flush=True)
+                    n, rate, cpu, loop = run_submit(job, backend, scratch)
+                print(f"{mode:<9} {w:>7} {n:>6} {rate:>8.0f} {cpu:>19.2f} {loop:>18.2f}",
+                      flush=True)
     finally:
         ray.shutdown()
     return 0

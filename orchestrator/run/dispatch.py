@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from itertools import islice
 from typing import Any
@@ -98,6 +99,7 @@ class Dispatcher:
         self.probe_deadlines: dict[Any, float] = {}  # probe -> when to give the worker up
         self.plan_options: dict = {}
         self.ever_ready = False
+        self.model_dicts: dict[str, dict] = {}  # model key -> its dict, as sent to workers
 
     # -- state views (kept for callers and tests) -------------------------------------------
     @property
@@ -164,8 +166,13 @@ class Dispatcher:
 
     def _send(self, slot: Slot, task: Task) -> None:
         task.slot, task.cancelled = slot, None
-        slot.model_key = task.cell.model.key()
-        task.ref = slot.handle.run.remote(task.cell.to_dict())
+        slot.model_key = key = task.cell.model.key()
+        model = self.model_dicts.get(key)
+        if model is None:
+            model = self.model_dicts[key] = asdict(task.cell.model)
+        # CellSpec.to_dict() without re-converting the model and re-hashing the cell id
+        cell = {**task.cell.params(), "model": model, "cell_id": task.cell_id}
+        task.ref = slot.handle.run.remote(cell)
         self.inflight[task.ref] = task
         slot.tasks.append(task)
         if len(slot.tasks) == 1:
