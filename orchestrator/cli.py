@@ -26,7 +26,6 @@ import itertools
 import logging
 import shlex
 import sys
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -275,14 +274,7 @@ def _local_cpu_memory(args: argparse.Namespace) -> int | None:
 
 
 def _summarize(results_dir: str, args: argparse.Namespace | None = None) -> int:
-    for i, job_dir in enumerate(job_dirs(results_dir)):  # a local path or a storage URI
-        rows, bad_files = summary_rows(job_dir)  # only the columns the tables show
-        if i:
-            print()
-        print(results_cli.summary_text(rows, str(job_dir), args))
-        if bad_files:
-            print(
-                f"skipped {len(bad_files)} unreadable file(s): "
-                + ", ".join(Path(f).name for f in bad_files)
-            )
+    # a local path or a storage URI; only the columns the tables show
+    jobs = [(job_dir, *summary_rows(job_dir)) for job_dir in job_dirs(results_dir)]
+    results_cli.print_summaries(jobs, args)
     return 0

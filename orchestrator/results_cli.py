@@ -139,6 +139,33 @@ def summary_text(rows: list[dict], title: str, args: argparse.Namespace | None =
     return render(summary.records(rows), fmt)
 
 
+def print_summaries(
+    jobs: list[tuple[Any, list[dict], list[str]]], args: argparse.Namespace
+) -> None:
+    """`summarize`: each job's (dir, rows, unreadable files) as tables, or as one csv/json/
+    markdown document with a `job` column (notes and skipped files then go to stderr)."""
+    fmt = getattr(args, "format", "table")
+    if fmt == "table":
+        for i, (job_dir, rows, bad_files) in enumerate(jobs):
+            print(("\n" if i else "") + summary_text(rows, str(job_dir), args))
+            _skipped(bad_files, sys.stdout)
+        return
+    records = []
+    for job_dir, rows, bad_files in jobs:
+        name = getattr(job_dir, "name", str(job_dir))
+        for note in summary.notes(rows):
+            print(f"{name}: {note}", file=sys.stderr)
+        _skipped(bad_files, sys.stderr)
+        records += [{"job": name, **r} for r in summary.records(rows)]
+    print(render(records, fmt))
+
+
+def _skipped(bad_files: list[str], stream: Any) -> None:
+    if bad_files:
+        names = ", ".join(Path(f).name for f in bad_files)
+        print(f"skipped {len(bad_files)} unreadable file(s): {names}", file=stream)
+
+
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
     """--progress, --plot and --wide for `submit`, and its examples and exit codes."""
     with_epilog(parser, "submit")
@@ -210,9 +237,7 @@ def _query(args: argparse.Namespace) -> int:
         sort=split_list(args.sort),
         limit=args.limit,
     )
-    table = query_results(
-        args.results_dir, spec, latest=args.latest, manifests=args.join_manifest
-    )
+    table = query_results(args.results_dir, spec, latest=args.latest, manifests=args.join_manifest)
     print(render(table, args.format))
     return 0
 

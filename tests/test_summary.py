@@ -91,7 +91,7 @@ def test_format_outputs_are_complete(tmp_path):
     assert first["speedup cached"] == first["speedup cached_graph"] > 1
     assert {"decode tok/s naive", "TTFT ms cached_graph", "KV MiB"} <= set(first)
     csv = summarize(job, "--format", "csv")
-    assert csv.stdout.splitlines()[0].startswith("model,hardware,batch_size,prompt_len")
+    assert csv.stdout.splitlines()[0].startswith("job,model,hardware,batch_size,prompt_len")
     assert len(csv.stdout.splitlines()) == 7
 
 
@@ -251,3 +251,14 @@ def test_hardware_identity_and_its_fallbacks():
         "cpu AMD @ 10.0.0.5"
     )
     assert hardware_id({"hostname": "n1"}) == "@ n1" and hardware_id({}) == "?"
+
+
+def test_a_results_root_in_a_machine_format_is_one_document(tmp_path):
+    write_three_methods(tmp_path / "sweep")
+    store = ResultStore(tmp_path / "other")
+    for method, batch, prompt in GRID:
+        store.write(make_record(method, batch, prompt, job_name="other"))
+    rows = json.loads(summarize(tmp_path, "--format", "json").stdout)
+    assert {r["job"] for r in rows} == {"sweep", "other"} and len(rows) == 6 + 4
+    text = summarize(tmp_path)
+    assert text.stdout.count("model d[2]-h[64]") == 2 and "\n\n== " in text.stdout
