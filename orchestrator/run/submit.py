@@ -249,8 +249,9 @@ def submit_job(
     )
 
 
-def _previous_run(job_dir: Path, run_id: str) -> dict:
-    """The manifest of the run `--continue-run` names, or a UsageError listing the runs."""
+def _previous_run(job_dir: Any, run_id: str) -> dict:
+    """The manifest of the run `--continue-run` names (`job_dir`: a Path or a storage Location),
+    or a UsageError listing the job's latest runs."""
     manifests = read_manifests(job_dir) if job_dir.is_dir() else []
     for manifest in manifests:
         if manifest.get("run_id") == run_id:
