@@ -9,8 +9,10 @@ loaded. Dispatch starts as soon as the first worker is ready; the others join as
 The driver waits only on each worker's running cell (plus cancelled and start-up calls), with
 `ray.wait` and a timeout; nothing busy-waits.
 
-Faults: a worker that dies mid-cell is restarted by Ray and the cell retried (on that worker)
-up to `workers.retries` times; the cells queued behind it go back unrun. A cell past
+Faults: a worker that dies mid-cell is restarted by Ray and the cell retried up to
+`workers.retries` times, first in the queue for any ready worker; the cells it held that had not
+started go back unrun (when it dies holding two, neither is charged: both run again one at a
+time, so a death is only ever charged to the cell that caused it). A cell past
 `workers.cell_timeout_s` is recorded as `timeout` and its worker replaced. An `oom` cell makes
 the cells it dominates `skipped_oom`, including those already in a worker's queue (cancelled
 before they start). A sticky CUDA error makes the driver replace that worker's process. A
@@ -276,9 +278,7 @@ class Dispatcher:
             except Exception as e:  # noqa: BLE001 - already gone
                 log.debug("worker %d: kill: %s", slot.index, _short(e))
         self._unsend(slot)
-        if slot.backlog:
-            self.queue.push(list(slot.backlog), front=True)
-            slot.backlog.clear()
+        self._release_backlog(slot)
         if was_starting and not self.ever_ready and all(s.state == "lost" for s in self.slots):
             raise ClusterError(
                 f"no worker actor could start ({len(self.slots)} requested with "
@@ -289,8 +289,16 @@ class Dispatcher:
         """Kill the worker's process; Ray starts a new one (same slot, new pid)."""
         log.info("worker %d: replacing its process (%s)", slot.index, reason)
         self._unsend(slot)
+        self._release_backlog(slot)
         import_ray().kill(slot.handle, no_restart=False)
         self._probe(slot, "restarting")
+
+    def _release_backlog(self, slot: Slot) -> None:
+        """Cells promised to `slot` go back to the front of the shared queue (together), so a
+        ready worker runs them instead of waiting for this one to come back."""
+        if slot.backlog:
+            self.queue.push(list(slot.backlog), front=True)
+            slot.backlog.clear()
 
     # -- results ----------------------------------------------------------------------------
     def _finish(self, ref: Any) -> None:
@@ -341,10 +349,15 @@ class Dispatcher:
         if self._take(slot, task) and slot.tasks:
             self._started(slot.tasks[0])
 
-    def _after_death(self, slot: Slot) -> None:
-        """The worker's process died: its unstarted cells go back, and it gets no cell until
-        its restarted process answers ready() (Ray fails calls made while it restarts)."""
+    def _after_death(self, slot: Slot, first: Task | None = None) -> None:
+        """The worker's process died: its unstarted cells (after `first`, if given) go back to
+        the shared queue, and it gets no cell until its restarted process answers ready() (Ray
+        fails calls made while it restarts; a node that died may never give it back)."""
         self._unsend(slot)
+        if first is not None:
+            first.slot, first.ref, first.started_at = None, None, ""
+            slot.backlog.appendleft(first)
+        self._release_backlog(slot)
         if slot.state == "ready":
             self._probe(slot, "restarting")
 
@@ -363,9 +376,7 @@ class Dispatcher:
         )
         for t in (task, *queued):
             t.alone = True
-        self._after_death(slot)  # the queued cells go back to the backlog's front
-        task.slot, task.ref, task.started_at = None, None, ""
-        slot.backlog.appendleft(task)
+        self._after_death(slot, first=task)
 
     def _worker_died(self, task: Task, exc: Exception) -> None:
         slot = task.slot
@@ -380,12 +391,12 @@ class Dispatcher:
         record = self._driver_record(task, Status.ERROR, f"worker died: {_short(exc)}{note}")
         record["will_retry"] = retry
         self._emit(task, record)
-        self._after_death(slot)
-        if retry:  # on the same worker (restarted), so compared cells stay together
+        retry_task = None
+        if retry:  # alone: it may kill its worker again, and should not take a cell with it
             retry_task = Task(
                 cell=task.cell, cell_id=task.cell_id, attempt=task.attempt + 1, alone=True
             )
-            slot.backlog.appendleft(retry_task)
+        self._after_death(slot, first=retry_task)
 
     def _skip_dominated(self, failed: CellSpec) -> None:
         reason = f"not run: cell {failed.cell_id} ({failed.label()}) ran out of memory"
