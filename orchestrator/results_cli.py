@@ -243,9 +243,10 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    a = compare_mod.resolve_side(args.a, args.results)
-    b = compare_mod.resolve_side(args.b, args.results)
     metrics = split_list(args.metrics) or tuple(compare_mod.METRICS)
+    columns = compare_mod.needed_columns(metrics, split_list(args.on))
+    a = compare_mod.resolve_side(args.a, args.results, columns)
+    b = compare_mod.resolve_side(args.b, args.results, columns)
     result = compare_mod.compare(
         a,
         b,

@@ -140,3 +140,11 @@ def test_runs_on_other_hardware_are_shown_without_ratios(tmp_path, capsys):
     assert "--any-hardware" in captured.err
     anyway = lines_of(capsys, *dirs, "--any-hardware")
     assert {x["change"] for x in anyway if x["metric"] == "decode_tok_s"} == {"", "better"}
+
+
+def test_compare_reads_only_what_it_compares():
+    from orchestrator.results.compare import needed_columns
+
+    cols = needed_columns(("decode_tok_s",), on=("prompt",))
+    assert "generated_ids" not in cols and "prompt" in cols and "decode_step_ms" in cols
+    assert {"hostname", "cpu_model", "node_ip", "gpu_name", "accelerator_model"} <= set(cols)

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError, ResultsError
 from orchestrator.results.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
-from orchestrator.results.hardware import hardware_id
+from orchestrator.results.hardware import HARDWARE_COLUMNS, hardware_id
 from orchestrator.results.query import distinct
 from orchestrator.run.storage import is_uri
 from workers.record import MODEL_KEYS, PARAM_KEYS
@@ -103,15 +103,29 @@ def is_flagged(
     return diff > k * math.hypot(sa, sb) and diff > min_change * abs(a)
 
 
-def resolve_side(arg: str, results: Path | str | None) -> Side:
+# what a comparison reads besides the metrics (their spreads, matching, hardware, latest attempt)
+SPREAD_COLUMNS = ("decode_tok_s_cv", "decode_step_ms_cv", "decode_step_ms", "ttft_ms_cv")
+ROW_COLUMNS = ("run_id", "job_name", "cell_id", "attempt", "status", "finished_at")
+
+
+def needed_columns(metrics: tuple[str, ...] = tuple(METRICS), on: tuple[str, ...] = ()) -> list:
+    """The columns `compare` reads (never `generated_ids` and the like)."""
+    return list(
+        dict.fromkeys(
+            [*ROW_COLUMNS, *MATCH_CANDIDATES, *on, *metrics, *SPREAD_COLUMNS, *HARDWARE_COLUMNS]
+        )
+    )
+
+
+def resolve_side(arg: str, results: Path | str | None, columns: list[str] | None = None) -> Side:
     """A results directory or storage URI, or a run id (unique prefix, `latest`, `previous`) in
-    `results`."""
+    `results`; `columns`: read only these (None: all)."""
     if is_uri(arg) or Path(arg).is_dir():
         name = arg if is_uri(arg) else str(Path(arg))
-        return Side(name, ok_rows(load_results(arg, latest=True)))
+        return Side(name, ok_rows(load_results(arg, latest=True, columns=columns)))
     if results is None:
         raise ResultsError(f"{arg}: not a directory; to compare run ids, pass --results DIR")
-    table = load_results(results)
+    table = load_results(results, columns=columns)
     runs = distinct(table, "run_id") if "run_id" in table.column_names else []  # oldest first
     aliases = {"latest": runs[-1:], "previous": runs[-2:-1]}
     matches = (
