@@ -214,7 +214,13 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    job = load_job_spec(args.spec, args.overrides, worker_memory_bytes=_local_cpu_memory(args))
+    job = load_job_spec(args.spec, args.overrides)
+    refusal = cell_limit_error(count_cells(job), args.max_cells)
+    if refusal and not args.dry_run:  # before the memory check, which may visit every cell
+        raise SpecError(job.source, "", refusal)
+    worker_memory = _local_cpu_memory(args)
+    if worker_memory is not None:  # the same spec, now also checked against this machine's RAM
+        job = load_job_spec(args.spec, args.overrides, worker_memory_bytes=worker_memory)
     if args.dry_run:
         return _dry_run(job, args.max_cells)
     from orchestrator.run.cluster import check_address, check_results_target, resolve_address
