@@ -28,10 +28,12 @@ from orchestrator.cli_help import with_epilog
 from orchestrator.errors import QueryError
 from orchestrator.results import compare as compare_mod
 from orchestrator.results import summary
-from orchestrator.results.dataset import load_results
+from orchestrator.results.dataset import load_results, results_schema
 from orchestrator.results.formats import FORMATS, render
+from orchestrator.results.hardware import HARDWARE_COLUMNS
 from orchestrator.results.pivot import COMBINE, PivotSpec, parse_ratio, pivot
 from orchestrator.results.query import QuerySpec, parse_agg, query_results, split_list
+from orchestrator.results.where import unknown_column
 from orchestrator.run.manifest import Invocation
 from orchestrator.run.progress import MODES, make_progress
 from workers.record import Status
@@ -219,8 +221,16 @@ def summarize_pivot(args: argparse.Namespace) -> int:
         ratio=parse_ratio(args.ratio),
         agg=args.agg,
     )
-    table = load_results(args.results_dir, latest=True)
-    table = table.filter(pc.field("status") == Status.OK.value)
+    schema = results_schema(args.results_dir)  # unknown names: one line listing the columns
+    for name in (*spec.rows, *spec.columns, spec.values):
+        if name not in schema.names:
+            raise unknown_column(name, schema)
+    table = load_results(
+        args.results_dir,
+        latest=True,
+        columns=[*spec.rows, *spec.columns, spec.values, *HARDWARE_COLUMNS],
+        filter=pc.field("status") == Status.OK.value,
+    )
     notes: list[str] = []
     print(render(pivot(table, spec, notes), args.format))
     for note in notes:  # on stdout under a table, on stderr beside csv/json/markdown
