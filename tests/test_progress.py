@@ -154,3 +154,20 @@ def test_eta_without_cells_keeps_the_average_pace():
     progress.finished(ok(0), "cached b=1", final=True)
     eta = progress.state.eta()
     assert eta is not None and eta == pytest.approx(progress.state.elapsed * 2, rel=0.5)
+
+
+def test_eta_scales_a_method_to_sizes_not_yet_run():
+    """Naive time grows with batch x sequence, cached time barely: a power law fitted per
+    method predicts an unseen size (the naive cell 4x the tokens takes ~4x as long here)."""
+    from orchestrator.run.eta import EtaEstimator
+
+    def kind(method, b, p):
+        return ("m", method, b, p, 32)
+
+    est = EtaEstimator()
+    for b, p, naive_s, cached_s in ((1, 32, 1.0, 0.5), (4, 32, 4.0, 0.5)):
+        est.walls[kind("naive", b, p)] = [naive_s]
+        est.walls[kind("cached", b, p)] = [cached_s]
+    est.pending = {"x": kind("naive", 16, 32), "y": kind("cached", 16, 32)}
+    seconds, complete = est.seconds_left({}, workers=1, now=0.0)
+    assert complete and seconds == pytest.approx(16.0 + 0.5)

@@ -5,12 +5,14 @@
     est.seconds_left(running, workers=2, now=t)   # -> (seconds, complete) or None
 
 Kinds are (model tag, method, batch size, prompt length, new tokens); a cell to run is counted
-as the mean measured time of its kind, else of its model and method, else of its method, else
-(then `complete` is False) of the slowest method measured so far.
+as the mean measured time of its kind; else from the cells of its model and method (else of its
+method), scaled to its size by a power law fitted to them (a naive cell's time grows with batch
+x sequence, a cached one's barely); else (then `complete` is False) as the slowest method so far.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,33 @@ def cell_kind(cell: Any) -> Kind:
 
         model = getattr(getattr(cell, "model", None), "tag", None)
     return (model, get("method"), get("batch_size"), get("prompt_len"), get("max_tokens"))
+
+
+def cell_size(kind: Kind) -> float | None:
+    """Tokens a cell holds, batch x (prompt + new tokens): what its time grows with."""
+    _, _, batch, prompt, new = kind
+    if not all(isinstance(v, int) and v > 0 for v in (batch, prompt, new)):
+        return None
+    return float(batch * (prompt + new))
+
+
+def scaled(points: list[tuple[float | None, float]], size: float | None) -> float:
+    """Seconds at `size` from (size, seconds) points: seconds ~ size^e fitted on a log-log
+    scale (e kept within [0, 2]; naive cells grow with the size, cached ones barely), or their
+    mean when the sizes are unknown or all alike.
+
+    >>> round(scaled([(100.0, 1.0), (400.0, 4.0)], 200.0), 3)
+    2.0
+    """
+    mean = sum(w for _, w in points) / len(points)
+    logs = [(math.log(s), math.log(w)) for s, w in points if s and w > 0]
+    if size is None or len({x for x, _ in logs}) < 2:
+        return mean
+    mx = sum(x for x, _ in logs) / len(logs)
+    my = sum(y for _, y in logs) / len(logs)
+    var = sum((x - mx) ** 2 for x, _ in logs)
+    e = min(2.0, max(0.0, sum((x - mx) * (y - my) for x, y in logs) / var))
+    return math.exp(my + e * (math.log(size) - mx))
 
 
 @dataclass
@@ -67,11 +96,15 @@ class EtaEstimator:
         return sum(seen) / len(seen) if seen else 0.0
 
     def _guess(self, kind: Kind) -> float | None:
-        """Mean seconds of the closest finished kind: same sizes, same model+method, method."""
-        for same in (lambda k: k == kind, lambda k: k[:2] == kind[:2], lambda k: k[1] == kind[1]):
-            seen = [w for k, ws in self.walls.items() if same(k) for w in ws]
-            if seen:
-                return sum(seen) / len(seen)
+        """Seconds for a cell of `kind`: the mean of finished cells of the same kind, else a
+        power law in the cell's size fitted to the same model and method (else method)."""
+        same_kind = [w for w in self.walls.get(kind, ())]
+        if same_kind:
+            return sum(same_kind) / len(same_kind)
+        for same in (lambda k: k[:2] == kind[:2], lambda k: k[1] == kind[1]):
+            points = [(cell_size(k), w) for k, ws in self.walls.items() if same(k) for w in ws]
+            if points:
+                return scaled(points, cell_size(kind))
         return None
 
     def seconds_left(

@@ -15,11 +15,11 @@ the ETA, and one line per worker with the cell it is running; it redraws twice a
 moves itself out of the way of any log line. It uses only `\\r` and ANSI escapes.
 
 The ETA adds up, over the cells still to run, how long finished cells of the same kind took on
-their worker (`cell_wall_s` less `model_load_s`): the same model, method and sizes, else the same
-model and method, else the same method; divided by the number of workers. Naive cells can take
-a hundred times longer than cached ones, so a pace averaged over all cells would be far off.
-While a method has not finished a cell yet, its cells count as the slowest method seen so far and
-the ETA reads ">=".
+their worker (`cell_wall_s` less `model_load_s`); for a size not run yet, the same model and
+method's times scaled to its batch x sequence (orchestrator/run/eta.py); divided by the number
+of workers. Naive cells can take a hundred times longer than cached ones, so a pace averaged
+over all cells would be far off. While a method has not finished a cell yet, its cells count as
+the slowest method seen so far and the ETA reads ">=".
 """
 
 from __future__ import annotations
