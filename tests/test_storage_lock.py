@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -69,17 +70,20 @@ def _lock(s3_server, bucket, **kw) -> ObjectLock:
 def test_object_lock_refuses_a_second_holder_and_frees_on_release(s3_server, s3_bucket):
     first = _lock(s3_server, s3_bucket)
     first.acquire()
-    held = json.loads(
-        s3_server.filesystem().open_input_stream(f"{s3_bucket}/results/sweep/_lock").read()
-    )
-    assert held["token"] == first.token and held["pid"] > 0
-    second = _lock(s3_server, s3_bucket)
-    second._is_free = lambda held: held is None  # as if the holder ran on another host
-    with pytest.raises(ResultsLockedError) as err:
-        second.acquire()
-    assert f"s3://{s3_bucket}/results/sweep is in use by another submit (pid " in str(err.value)
-    assert "last heartbeat 0s ago, taken over after 60s without one" in str(err.value)
-    first.release()
+    try:
+        held = json.loads(
+            s3_server.filesystem().open_input_stream(f"{s3_bucket}/results/sweep/_lock").read()
+        )
+        assert held["token"] == first.token and held["pid"] > 0
+        second = _lock(s3_server, s3_bucket)
+        second._is_free = lambda held: held is None  # as if the holder ran on another host
+        with pytest.raises(ResultsLockedError) as err:
+            second.acquire()
+    finally:
+        first.release()
+    message = str(err.value)
+    assert f"s3://{s3_bucket}/results/sweep is in use by another submit (pid " in message
+    assert re.search(r"last heartbeat \d+s ago, taken over after 60s without one\)", message)
     assert s3_server.keys(s3_bucket, "results/sweep") == []
     second.acquire()
     second.release()
@@ -137,21 +141,28 @@ def test_object_lock_stale_heartbeat_is_taken_over(s3_server, s3_bucket):
         _lock(s3_server, s3_bucket).acquire()
 
 
+def _heartbeat_at(lock: ObjectLock) -> float:
+    return lock._read()["heartbeat_at"]  # re-reads an object caught mid-replacement
+
+
 def test_object_lock_heartbeat_keeps_it_fresh_and_notices_a_takeover(s3_server, s3_bucket):
-    lock = _lock(s3_server, s3_bucket, heartbeat_s=0.2)
+    lock = _lock(s3_server, s3_bucket, heartbeat_s=1.0)
     lock.acquire()
-    first = json.loads(lock.job.read_bytes("_lock"))["heartbeat_at"]
-    threading.Event().wait(1.0)
-    assert json.loads(lock.job.read_bytes("_lock"))["heartbeat_at"] > first
-    lock.job.put(
-        "_lock",
-        json.dumps(
-            {"token": "thief", "pid": 1, "host": "elsewhere", "since": "now", "heartbeat_at": 0}
-        ).encode(),
-    )
-    threading.Event().wait(1.0)
-    assert lock.lost
-    lock.release()  # not ours any more: left alone
+    try:
+        first = _heartbeat_at(lock)
+        deadline = time.monotonic() + 10
+        while _heartbeat_at(lock) == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _heartbeat_at(lock) > first  # rewritten; the next beat is a second away
+        thief = {"token": "thief", "pid": 1, "host": "elsewhere", "since": "now",
+                 "heartbeat_at": 0}
+        lock.job.put("_lock", json.dumps(thief).encode())
+        deadline = time.monotonic() + 10
+        while not lock.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.lost
+    finally:
+        lock.release()  # not ours any more: left alone
     assert json.loads(lock.job.read_bytes("_lock"))["token"] == "thief"
 
 
@@ -159,8 +170,17 @@ def test_two_racing_object_locks_one_wins(s3_server, s3_bucket):
     """Both read "free" before either writes: the read-back after the settle time lets one
     through (the last writer) and refuses the other."""
     a, b = _lock(s3_server, s3_bucket, settle_s=1.0), _lock(s3_server, s3_bucket, settle_s=1.0)
+    both_read = threading.Barrier(2, timeout=30)
     for lock in (a, b):  # as if they ran on two hosts
         lock._is_free = lambda held, me=lock: held is None or held.get("token") == me.token
+        first_write = lock._write
+
+        def write(lock=lock, first_write=first_write):
+            both_read.wait()  # each has read the lock as free: now both write
+            lock._write = first_write  # heartbeats write at once
+            first_write()
+
+        lock._write = write
     results: dict[str, object] = {}
 
     def take(name, lock):
@@ -173,8 +193,20 @@ def test_two_racing_object_locks_one_wins(s3_server, s3_bucket):
     threads = [threading.Thread(target=take, args=(n, lk)) for n, lk in (("a", a), ("b", b))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    assert sorted(v == "held" for v in results.values()) == [False, True], results
-    for lock in (a, b):
-        lock.release()
+    try:
+        for t in threads:
+            t.join()
+        assert sorted(v == "held" for v in results.values()) == [False, True], results
+        (loser,) = [v for v in results.values() if v != "held"]
+        assert "is in use by another submit (pid " in loser
+    finally:
+        for lock in (a, b):
+            lock.release()
+
+
+@pytest.fixture(autouse=True)
+def _no_heartbeat_left():
+    """Every ObjectLock a test takes is released: no heartbeat thread outlives the test."""
+    yield
+    alive = [t for t in threading.enumerate() if t.name == "job-lock-heartbeat"]
+    assert not alive, "a heartbeat thread outlived its test"

@@ -158,13 +158,16 @@ class ObjectLock:
         self._thread: threading.Thread | None = None
 
     def _read(self) -> dict | None:
-        try:
-            data = json.loads(self.job.read_bytes(LOCK_NAME))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # not JSON: an empty or foreign object is a free lock
-            return None
-        return data if isinstance(data, dict) else None
+        for _ in range(5):
+            try:
+                data = json.loads(self.job.read_bytes(LOCK_NAME))
+            except FileNotFoundError:
+                return None
+            except ValueError:  # read while being replaced (some S3 servers serve torn
+                time.sleep(0.1)  # objects then), or not ours: read again
+                continue
+            return data if isinstance(data, dict) else None
+        return None  # still not JSON: an empty or foreign object is a free lock
 
     def _write(self) -> None:
         body = {
