@@ -122,3 +122,24 @@ def test_real_submit_writes_manifest_progress_lines_and_plots(tmp_path, capsys):
         names = sorted(p.name for p in (job_dir / "_plots").iterdir())
         assert names == ["decode_tok_s_vs_prompt_len.png", "peak_memory_vs_batch_size.png",
                          "speedup_vs_prompt_len.png", "ttft_vs_prompt_len.png"]
+
+
+def test_manifest_on_an_object_store(s3_server, s3_bucket, tmp_path):
+    """Through a storage URI (a real S3 server on 127.0.0.1): written atomically, no padding,
+    no temporary key left, read back by URI, `run_error` joined like the other columns."""
+    from orchestrator.run.manifest import manifest_table
+
+    job = load_job_spec(str(_spec(tmp_path)))
+    job_uri = s3_server.uri(s3_bucket, "results/job")
+    manifest = RunManifest.start(job_uri, "r1", job, cells_to_run=2, skipped=0)
+    assert manifest.uri == f"s3://{s3_bucket}/results/job/_manifests/r1.json"
+    assert s3_server.keys(s3_bucket) == ["results/job/_manifests/r1.json"]
+    manifest.finish("storage_error", {"ok": 1}, error="s3://x/part-1.parquet: refused")
+    (data,) = read_manifests(job_uri)
+    assert data["status"] == "storage_error" and data["pid"] == os.getpid()
+    raw = s3_server.filesystem().open_input_stream(
+        f"{s3_bucket}/results/job/_manifests/r1.json").read()
+    assert not raw.endswith(b"  ")  # the full-disk reserve is for local files only
+    table = manifest_table([data])
+    assert table["run_error"].to_pylist() == ["s3://x/part-1.parquet: refused"]
+    assert s3_server.keys(s3_bucket) == ["results/job/_manifests/r1.json"]
