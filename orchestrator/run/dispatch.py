@@ -439,7 +439,7 @@ class Dispatcher:
     # -- main loop --------------------------------------------------------------------------
     def run(self) -> None:
         """Run every cell; raises Interrupted on Ctrl-C/SIGTERM after saving what finished."""
-        ray = import_ray()
+        import_ray()  # a ClusterError naming the fix if Ray is missing, before anything starts
         n = self.queue.add_cells(self.cells, self.first_attempt)
         if not n:
             return
@@ -457,8 +457,19 @@ class Dispatcher:
                 "interrupted: finished cells are saved; run the same submit again to resume"
             ) from None
         finally:
-            for slot in self.slots:
-                ray.kill(slot.handle, no_restart=True)
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Kill every worker; start-up probes still pending are cancelled first (killing an
+        actor under a pending retried call makes Ray print a retry message)."""
+        ray = import_ray()
+        for probe in self.probes:
+            try:
+                ray.cancel(probe)
+            except Exception as e:  # noqa: BLE001 - stopping anyway
+                log.debug("cancel of a ready() probe: %s", _short(e))
+        for slot in self.slots:
+            ray.kill(slot.handle, no_restart=True)
 
     def _waiting(self) -> list:
         """The calls worth waiting on: each worker's running cell (a queued one cannot finish
