@@ -41,6 +41,7 @@ import pyarrow.fs as pafs
 from orchestrator.errors import ResultsError, StorageError
 
 TEMP_PREFIX = ".tmp-"
+_FLAT_STORES = ("s3", "gcs")  # object stores: a key needs no parent "directory" first
 
 # errno -> what it means for a results store (the OS's own words are terse or misleading)
 _CAUSES = {
@@ -219,13 +220,15 @@ class Location:
         """Write `data` to `name` so that readers see all of it or nothing; returns the path.
         A failed write leaves no temporary file behind (it would hold the space a full disk
         needs for the manifest that records the failure)."""
-        self.makedirs()
+        if not self.is_local and self.fs.type_name not in _FLAT_STORES:
+            self.makedirs()  # local: made below; S3/GCS keys need no directories (saves requests)
         final = self._full(name)
         with self._errors(name):
             if self.is_local:
                 _write_local_atomic(Path(final), data)
                 return final
-            tmp = self._full(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
+            folder, _, base = final.rpartition("/")
+            tmp = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{base}"
             try:
                 with self.fs.open_output_stream(tmp) as f:
                     f.write(data)
