@@ -76,6 +76,14 @@ def _stamp() -> str:
     return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _beat_time(held: dict) -> float:
+    """The holder's last heartbeat (epoch seconds; 0 when unreadable: a stale lock)."""
+    try:
+        return float(held.get("heartbeat_at") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _refused(job: Location, holder: str) -> ResultsLockedError:
     return ResultsLockedError(
         f"{job.uri} is in use by another submit ({holder}); "
@@ -181,7 +189,9 @@ class ObjectLock:
         self.job.put(LOCK_NAME, json.dumps(body).encode())
 
     def _describe(self, held: dict) -> str:
-        age = time.time() - float(held.get("heartbeat_at") or 0)
+        if not held.get("pid"):
+            return "another submit that took the lock at the same moment"
+        age = time.time() - _beat_time(held)
         return (
             f"pid {held.get('pid')} on {held.get('host')} since {held.get('since')}; "
             f"last heartbeat {age:.0f}s ago, taken over after {self.stale_s:.0f}s without one"
@@ -193,7 +203,7 @@ class ObjectLock:
         alive = holder_alive(held.get("host"), held.get("pid"))
         if alive is not None:  # on this host the pid says it exactly
             return not alive
-        return time.time() - float(held.get("heartbeat_at") or 0) > self.stale_s
+        return time.time() - _beat_time(held) > self.stale_s
 
     def acquire(self) -> None:
         held = self._read()
