@@ -112,7 +112,7 @@ def seed(v: Any) -> str | None:
 
 def prompt(v: Any) -> str | None:
     """None (synthetic prompts) or a non-empty text (the engine refuses an empty one)."""
-    if v is None or (isinstance(v, str) and v.strip()):
+    if v is None or (isinstance(v, str) and v):
         return None
     if isinstance(v, str):
         return "must be a non-empty text (or leave it out for synthetic prompts), got " + show(v)

@@ -2,8 +2,9 @@
 
 Two limits, both checked at validation:
 
-- host-side bytes of every cell (prompt rows, generated ids) against this machine's RAM, always:
-  they are needed on whatever host runs the cell, and a sane cell needs a few MB of them;
+- host-side bytes of every cell (building the model in float32, prompt rows, generated ids)
+  against this machine's RAM, always: any worker's host needs them, whatever its device, and a
+  sane cell needs little of them;
 - all of a cell's bytes against `worker_memory_bytes` when the caller knows the workers are CPU
   workers with that much memory (a local submit on a machine without GPUs passes its RAM).
 
@@ -68,11 +69,11 @@ def _too_big(job: JobSpec, cell: CellSpec, est: memory.CellMemory, host: int | N
              worker: int | None) -> str | None:
     """Why `cell` cannot fit, or None."""
     if host is not None and est.host_bytes > host:  # built before any budget is checked
-        return (f"needs an estimated {memory.human_bytes(est.host_bytes)} of host memory for its "
-                f"prompt rows and generated ids alone, but this machine has "
+        return (f"needs an estimated {memory.human_bytes(est.host_bytes)} of host memory "
+                f"({est.host_breakdown()}) on any worker, but this machine has "
                 f"{memory.human_bytes(host)}")
     budget = job.measure.memory_budget_bytes
-    if budget is not None and est.device_bytes > budget:
+    if budget is not None and est.budget_bytes > budget:
         return None  # recorded as oom by the worker before the model runs (a simulated device)
     if worker is not None and est.cpu_bytes > worker:
         return (f"needs an estimated {memory.human_bytes(est.cpu_bytes)} ({est.breakdown()}) "
@@ -81,11 +82,13 @@ def _too_big(job: JobSpec, cell: CellSpec, est: memory.CellMemory, host: int | N
 
 
 def check_memory(doc: Document, job: JobSpec, worker_memory_bytes: int | None = None) -> None:
-    """Raise a SpecError naming the first cell that cannot fit (see the module docstring)."""
+    """Raise a SpecError naming the first model or cell that cannot fit (module docstring)."""
     host = memory.host_memory_bytes()
     limits = [x for x in (host, worker_memory_bytes) if x is not None]
     if not limits:
         return
+    if host is not None:
+        _check_models(doc, job, host)
     smallest = min(limits)
     if all(max(b.host_bytes, b.cpu_bytes if worker_memory_bytes else 0) <= smallest
            for model in job.models for b in _bounds(job, model)):
@@ -96,6 +99,22 @@ def check_memory(doc: Document, job: JobSpec, worker_memory_bytes: int | None = 
             raise doc.error(_locate(doc, job, cell),
                             f"cell '{cell.label()}' {reason}; lower batch_size, prompt_len or "
                             "max_tokens (the estimate: docs/failures.md)")
+
+
+def _check_models(doc: Document, job: JobSpec, host: int) -> None:
+    """Every worker builds its model on the host first: refuse a model that cannot be built."""
+    for i, model in enumerate(job.models):
+        dtypes = [model.dtype if d is None else d for d in _values(job, "dtype")]
+        narrowest = min(dtypes, key=lambda d: memory.ITEMSIZE[d])  # the cast copy costs most
+        est = estimate(model, method="naive", dtype=narrowest, batch_size=1, prompt_len=1,
+                       max_tokens=1, synthetic_prompt=False)
+        if est.load_bytes > host:
+            path = ("models", i) if ("models",) in doc.origins else ("model",)
+            raise doc.error(path, (
+                f"model {model.tag} (vocab_size {model.vocab_size}, sequence_len "
+                f"{model.sequence_len}) needs an estimated {memory.human_bytes(est.load_bytes)} "
+                f"of host memory to build (float32 parameters, cast copy, rotary tables), but "
+                f"this machine has {memory.human_bytes(host)}; use a smaller model"))
 
 
 def _locate(doc: Document, job: JobSpec, cell: CellSpec) -> tuple:

@@ -3,19 +3,24 @@
 The estimate follows what the engine allocates (docs/failures.md, "Cells too big for memory"):
 
 - weights: every parameter (`wte`, `lm_head`, per block q/k/v/proj and the 4x MLP, the pool and
-  unpool projections) at the cell's dtype, the same number `UNet.weight_bytes()` reports, plus
-  the rotary tables; a random model is built in float32 before it is cast, so loading it peaks
-  at float32 weights plus the cast copy;
+  unpool projections) at the cell's dtype, the same number `UNet.weight_bytes()` reports;
+- building the model, on the host whatever the device: float32 parameters, the cast copy when
+  the dtype is narrower, and the rotary tables (sequence_len x 10 positions x head_dim, built in
+  float32 with temporaries: 16 bytes per entry);
 - KV cache (cached methods): per stage s, 2 x batch x (len // 2^s + 1) x kv heads x head_dim
   for each of its blocks, as `engine.cache.kv_cache_bytes`;
 - activations of the longest forward (naive: the whole sequence every step; cached: the prompt):
-  the larger of the blocks' working set (batch x tokens x widest stage x itemsize x 16, the
-  engine's allowance) and the logits, which naive computes for every position: three float32
-  batch x tokens x vocab tensors alive at once (the cast, the division and the tanh of the
-  soft-cap);
-- host-side (on the CPU whatever the device): one seeded torch.Generator per synthetic prompt
-  row (about 3 KB each), the prompt and generated ids as int64 tensors, and the generated ids as
-  Python ints in the record.
+  the blocks' working set (batch x tokens x widest stage x itemsize x 16, the engine's allowance
+  for `measure.memory_budget_bytes`) plus the logits, which naive computes for every position:
+  four float32 batch x tokens x vocab tensors alive at once (the previous step's, kept by the
+  [:, -1] view the sampler holds, the new ones, their division and tanh in the soft-cap), plus
+  the rotary tables;
+- prompts and ids (on the host whatever the device): one seeded torch.Generator per synthetic
+  prompt row (about 3 KB each), the prompt and generated ids as int64 tensors, and the generated
+  ids as Python ints in the record.
+
+A worker's host needs the larger of building the model and the prompts; its device the weights,
+KV cache and activations (with the rotary tables); a CPU worker all of it at once.
 
 It is an estimate, not a measurement: attention is assumed to run in a fused kernel (no
 tokens x tokens score matrix), allocator slack and the framework's own memory are left out, and
@@ -39,38 +44,53 @@ ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 VOCAB_PAD_MULTIPLE = 64  # mirrors engine.config.VOCAB_PAD_MULTIPLE
 ROTARY_LEN_FACTOR = 10  # mirrors engine.config.ROTARY_LEN_FACTOR
 ACTIVATION_FACTOR = 16  # mirrors engine.bench.ACTIVATION_FACTOR
-LOGIT_COPIES = 3  # float32 logits, logits / 15, tanh(...): alive together in the soft-cap
+LOGIT_COPIES = 4  # previous step's logits (its [:, -1] view keeps them), new ones, / 15, tanh
 GENERATOR_BYTES = 4096  # one CPU torch.Generator (mt19937 state) per synthetic prompt row: ~2.7 KB
 PY_INT_BYTES = 36  # a generated id in the record: an int object and its list slot
 KV_METHODS = ("cached", "cached_graph")
+ROTARY_BUILD = 16  # bytes per (position x head_dim) while the rotary tables are built in float32
 
 
 @dataclass(frozen=True)
 class CellMemory:
-    """Estimated bytes of one cell (see module docstring); `device_bytes` is what the worker's
-    device must hold at the peak, `host_bytes` what its host needs besides."""
+    """Estimated bytes of one cell (see the module docstring).
+
+    `load_bytes`: building the model on the host (float32, then the cast copy, rotary tables);
+    `prompt_bytes`: the prompt rows and generated ids on the host; `device_bytes`: what the
+    worker's device holds at the peak of the cell.
+    """
 
     weight_bytes: int
     load_bytes: int
     kv_cache_bytes: int
     activation_bytes: int
-    host_bytes: int
+    prompt_bytes: int
+    budget_bytes: int  # engine.bench.estimate_cell_bytes, which measure.memory_budget_bytes uses
 
     @property
     def device_bytes(self) -> int:
-        return max(self.load_bytes, self.weight_bytes + self.kv_cache_bytes + self.activation_bytes)
+        return self.weight_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    @property
+    def host_bytes(self) -> int:
+        """What the host of any worker needs (the model is built on the CPU, then moved)."""
+        return max(self.load_bytes, self.prompt_bytes)
 
     @property
     def cpu_bytes(self) -> int:
         """All of it, for a worker whose device is the CPU."""
-        return self.device_bytes + self.host_bytes
+        return max(self.load_bytes, self.device_bytes + self.prompt_bytes)
 
     def breakdown(self) -> str:
-        """'weights 1.2 MB + KV cache 0 B + activations 4.9 TB + host 200.0 GB'."""
+        """'weights 1.2 MB + KV cache 0 B + activations 4.9 TB + prompts and ids 200.0 GB'."""
         return (f"weights {human_bytes(self.weight_bytes)} + KV cache "
                 f"{human_bytes(self.kv_cache_bytes)} + activations "
-                f"{human_bytes(self.activation_bytes)} + host-side prompts and ids "
-                f"{human_bytes(self.host_bytes)}")
+                f"{human_bytes(self.activation_bytes)} + prompts and ids "
+                f"{human_bytes(self.prompt_bytes)}")
+
+    def host_breakdown(self) -> str:
+        return (f"building the model {human_bytes(self.load_bytes)}, prompts and ids "
+                f"{human_bytes(self.prompt_bytes)}")
 
 
 def human_bytes(n: float) -> str:
@@ -116,17 +136,19 @@ def estimate_cell(*, depths: list[int], widths: list[int], vocab_size: int, head
     itemsize = ITEMSIZE[dtype]
     B, P, N = batch_size, prompt_len, max_tokens
     params = parameter_count(depths, widths, vocab_size, head_dim)
-    rotary = 2 * sequence_len * ROTARY_LEN_FACTOR * head_dim * itemsize
+    rotary_len = sequence_len * ROTARY_LEN_FACTOR
     weights = params * itemsize
-    load = params * 4 + (weights if itemsize != 4 else 0) + rotary
+    load = params * 4 + (weights if itemsize != 4 else 0) + rotary_len * head_dim * ROTARY_BUILD
     cached = method in KV_METHODS
     kv = kv_cache_bytes(depths, widths, head_dim, B, P + N, itemsize) if cached else 0
     tokens = P if cached else P + N  # the longest forward: the prefill, or naive's last step
     body = B * tokens * max(widths) * itemsize * ACTIVATION_FACTOR
     logits = B * (1 if cached else tokens) * vocab_size * 4 * LOGIT_COPIES
-    host = B * ((GENERATOR_BYTES if synthetic_prompt else 0) + 2 * 8 * P + (16 + PY_INT_BYTES) * N)
+    rotary = 2 * rotary_len * head_dim * itemsize  # the cos and sin tables kept on the device
+    prompts = B * ((GENERATOR_BYTES if synthetic_prompt else 0) + 2 * 8 * P + (16 + PY_INT_BYTES) * N)
     return CellMemory(weight_bytes=weights, load_bytes=load, kv_cache_bytes=kv,
-                      activation_bytes=max(body, logits) + rotary, host_bytes=host)
+                      activation_bytes=body + logits + rotary, prompt_bytes=prompts,
+                      budget_bytes=weights + kv + body)
 
 
 def host_memory_bytes() -> int | None:

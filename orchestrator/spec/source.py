@@ -189,8 +189,8 @@ def _unshare(data: Any) -> Any:
 
 def read_spec_file(filename: str) -> str:
     """The text of a spec file: a regular file of at most MAX_SPEC_BYTES, UTF-8 (else SpecError)."""
-    try:
-        with open(filename, "rb") as f:
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        with open(os.open(filename, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise SpecError(filename, "", "not a regular file (a device, a pipe or a "
