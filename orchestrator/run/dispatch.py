@@ -53,6 +53,7 @@ ACTOR_START_TIMEOUT_S = 180.0
 INTERRUPT_GRACE_S = 10.0
 WAIT_TICK_S = 1.0
 DEPTH = 2  # cells held by one worker: the running one and one queued behind it
+CHECK_EVERY_S = 0.25  # how often running cells and pending workers are checked against limits
 
 
 def _now() -> str:
@@ -102,6 +103,7 @@ class Dispatcher:
         self.plan_options: dict = {}
         self.ever_ready = False
         self.model_dicts: dict[str, dict] = {}  # model key -> its dict, as sent to workers
+        self.feed_all = False  # cells went back to the shared queue: offer them to every worker
 
     # -- state views (kept for callers and tests) -------------------------------------------
     @property
@@ -150,10 +152,14 @@ class Dispatcher:
             slot.backlog.extend(unit)
         return slot.backlog.popleft()
 
-    def _feed(self) -> None:
-        """Give every ready worker a running cell first, then one queued behind it."""
+    def _feed(self, slots: list[Slot]) -> None:
+        """Give each of `slots` that is ready a running cell first, then one queued behind it.
+        (Only workers something happened to need looking at, unless cells came back to the
+        shared queue: then every worker, as an idle one may take them.)"""
+        if self.feed_all:
+            slots, self.feed_all = self.slots, False
         for depth in range(1, DEPTH + 1):
-            for slot in self.slots:
+            for slot in slots:
                 if slot.state == "ready" and len(slot.tasks) < depth:
                     self._feed_one(slot)
 
@@ -299,6 +305,7 @@ class Dispatcher:
         if slot.backlog:
             self.queue.push(list(slot.backlog), front=True)
             slot.backlog.clear()
+            self.feed_all = True
 
     # -- results ----------------------------------------------------------------------------
     def _finish(self, ref: Any) -> None:
@@ -487,22 +494,31 @@ class Dispatcher:
 
     def _loop(self) -> None:
         ray = import_ray()
+        touched, next_check = self.slots, 0.0
         while True:
-            self._feed()
+            self._feed(touched)
             if not self._pending():
                 return
             waiting = self._waiting()
             if not waiting:  # cells left but every worker is lost
                 self._fail_queued("not run: no worker left (every worker actor was lost)")
                 return
-            done, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_TICK_S)
+            done, rest = ray.wait(waiting, num_returns=1, timeout=WAIT_TICK_S)
+            if done and len(rest) > 1:  # others finished meanwhile: take them in this round too
+                done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            touched = []
             for ref in done:
                 if ref in self.probes:
+                    touched.append(self.probes[ref])
                     self._probe_done(ref)
                 elif ref in self.inflight:
+                    touched.append(self.inflight[ref].slot)
                     self._finish(ref)
-            self._check_timeouts()
-            self._check_probes()
+            now = time.monotonic()
+            if now >= next_check:  # timeouts and start-up limits are seconds: no need per cell
+                self._check_timeouts()
+                self._check_probes()
+                next_check, self.feed_all = now + CHECK_EVERY_S, True
 
     def _drain(self) -> None:
         """After an interrupt: cancel the cells not started; keep what finishes within a short
