@@ -121,6 +121,9 @@ HOSTILE = [
     (VALID, ["grid.batch_size=[99999999999999999999999]"], "--set grid.batch_size",
      "grid.batch_size[0]: must be at most 2**63 - 1"),
     (VALID, ["models.9999999999999999999999.tag=x"], "--set models.99999", "no such list item"),
+    (VALID + "exclude:\n  - batch_size: '== " + alias_bomb(8).split("anchors:\n")[1].replace(
+        "\n", ", ").replace("  ", "").join("{}").replace(", }", "}") + "'\n", [], ":5",
+     "exclude[0].batch_size: must be a positive integer, got '{a0: &a0 [1, 1"),
     # 2. values that pass validation but fail every cell, or cannot fit
     (VALID, ["measure.seed=-1"], "--set measure.seed=-1", "measure.seed: must be an integer from 0"),
     (VALID + "measure: {prompt: ''}\n", [], ":4", "measure.prompt: must be a non-empty text"),

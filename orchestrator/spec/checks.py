@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -29,13 +30,15 @@ MAX_WIDTH = 1 << 17
 MIN_TEMPERATURE = 1e-30  # logits (soft-capped at 15, float32) / temperature must stay finite
 
 Check = Callable[[Any], "str | None"]
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 
 
 def show(v: Any, limit: int = 60) -> str:
     """repr(v) cut to `limit` characters, for one-line messages about any value."""
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**limit:
         return f"an integer of {len(str(abs(v)))} digits"  # str() of a huge int is slow
-    text = repr(v)
+    text = _REPR.repr(v)  # bounded: a value may be a huge or self-referencing structure
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -107,12 +107,13 @@ def parse_condition(axis: str, raw: Any, check: checks.Check) -> Condition:
     if isinstance(raw, str):
         m = _COMPARISON.match(raw)
         if m:
-            import yaml
+            from orchestrator.errors import SpecError
+            from orchestrator.spec.source import load_yaml  # bounded: no alias bombs
 
             op, rhs = m.group(1), m.group(2)
             try:
-                value = yaml.safe_load(rhs)
-            except yaml.YAMLError:
+                value, _ = load_yaml(rhs, "exclude")
+            except SpecError:
                 value = rhs
             if op in ("==", "!="):
                 reason = check(value)
