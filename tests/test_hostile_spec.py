@@ -287,3 +287,28 @@ def test_driver_memory_modules_do_not_import_torch():
     code = ("import sys, orchestrator.cli, orchestrator.spec.memory, orchestrator.spec.fits; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("meta", ["fifo", "deep", "binary"])
+def test_a_hostile_checkpoint_meta_is_refused_in_one_line(tmp_path, meta):
+    """A checkpoint directory may come from anyone: its meta file is read bounded."""
+    tag = "d[2,2]-h[64,128]"
+    ckpt = tmp_path / "base_checkpoints" / tag
+    ckpt.mkdir(parents=True)
+    (ckpt / "model_000001.pt").write_bytes(b"")
+    meta_path = ckpt / "meta_000001.json"
+    if meta == "fifo":
+        os.mkfifo(meta_path)
+    elif meta == "deep":
+        meta_path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        meta_path.write_bytes(b"\xff\xfe{}")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"model: {{tag: '{tag}', checkpoint: '{tmp_path}'}}\n")
+    with pytest.raises(SpecError) as info:
+        load_job_spec(str(spec))
+    message = str(info.value)
+    assert message.startswith(f"{spec}:1: model.checkpoint: cannot read {meta_path}: ")
+    assert len(message.splitlines()) == 1 and len(message) < 400
+    if meta == "fifo":
+        assert "not a regular file" in message

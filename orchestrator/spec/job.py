@@ -28,7 +28,7 @@ from orchestrator.spec.grid import (
     too_long,
 )
 from orchestrator.spec.overrides import apply_overrides
-from orchestrator.spec.source import Document, did_you_mean
+from orchestrator.spec.source import Document, did_you_mean, read_regular_file
 from workers.record import MODEL_KEYS  # the model fields a record carries are the spec's
 
 SCHEMA_KEYS = (
@@ -46,6 +46,7 @@ SCHEMA_KEYS = (
 MEASURE_KEYS = ("warmup", "repeats", "seed", "prompt", "memory_budget_bytes")
 WORKERS_KEYS = ("gpus_per_worker", "max_workers", "cpu_workers", "retries", "cell_timeout_s")
 ROTARY_LEN_FACTOR = 10  # mirrors engine.config.ROTARY_LEN_FACTOR
+MAX_META_BYTES = 16 * 2**20  # a checkpoint's meta_<step>.json is a few KB
 _STEP_FILE = re.compile(r"^model_(\d+)\.pt$")
 
 
@@ -327,7 +328,7 @@ def _mapping(doc: Document, path: tuple, value: Any, what: str = "a mapping") ->
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise doc.error(path, f"must be {what}, got {type(value).__name__} {value!r}")
+        raise doc.error(path, f"must be {what}, got {type(value).__name__} {checks.show(value)}")
     return value
 
 
@@ -385,7 +386,7 @@ def _parse_model(doc: Document, path: tuple, raw: Any) -> ModelSpec:
     if not isinstance(checkpoint, str) or not checkpoint:
         raise doc.error(
             path + ("checkpoint",),
-            f"must be 'random', 'auto' or a directory path, got {checkpoint!r}",
+            f"must be 'random', 'auto' or a directory path, got {checks.show(checkpoint)}",
         )
     common = {"tag": tag, "dtype": raw.get("dtype", "float32")}
     if checkpoint == "random":
@@ -487,13 +488,13 @@ def _resolve_step(doc: Document, path: tuple, directory: Path, step: int | None)
 
 def _read_meta(doc: Document, path: tuple, directory: Path, step: int) -> dict:
     meta_path = directory / f"meta_{step:06d}.json"
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+    try:  # a checkpoint directory may come from anyone: bounded, regular files only
+        meta = json.loads(read_regular_file(meta_path, MAX_META_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise doc.error(path + ("checkpoint",), f"{meta_path} is missing") from None
-    except (OSError, ValueError) as e:
-        raise doc.error(path + ("checkpoint",), f"cannot read {meta_path}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise doc.error(path + ("checkpoint",), f"cannot read {meta_path}: {reason}") from None
     if not isinstance(meta, dict):
         raise doc.error(path + ("checkpoint",), f"{meta_path} is not a JSON object")
     return meta
@@ -550,7 +551,7 @@ def _parse_axis_values(doc: Document, path: tuple, axis: str, values: Any) -> tu
     for i, value in enumerate(values):
         _check(doc, path + (i,), AXES[axis], value)
     if len({canonical(axis, v) for v in values}) != len(values):  # 0 and 0.0 are one value
-        raise doc.error(path, f"repeated values in {values!r}")
+        raise doc.error(path, f"repeated values in {checks.show(values)}")
     return tuple(values)
 
 

@@ -187,24 +187,30 @@ def _unshare(data: Any) -> Any:
     return data
 
 
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file, opened without blocking (a FIFO would wait for a
+    writer). Raises OSError (FileNotFoundError, ...) or ValueError with the reason."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file (a device, a pipe or a directory)")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit // 2**20} MiB")
+    return raw
+
+
 def read_spec_file(filename: str) -> str:
     """The text of a spec file: a regular file of at most MAX_SPEC_BYTES, UTF-8 (else SpecError)."""
-    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
-        with open(os.open(filename, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise SpecError(filename, "", "not a regular file (a device, a pipe or a "
-                                "directory); give a YAML spec file")
-            raw = f.read(MAX_SPEC_BYTES + 1)
+    try:
+        raw = read_regular_file(filename, MAX_SPEC_BYTES)
     except FileNotFoundError:
         raise SpecError(filename, "", "spec file not found") from None
     except IsADirectoryError:
         raise SpecError(filename, "", "is a directory; give a YAML spec file") from None
     except OSError as e:
         raise SpecError(filename, "", f"cannot read spec file: {e.strerror or e}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(filename, "", f"spec file is larger than {MAX_SPEC_BYTES // 2**20} MiB; "
-                        "a job spec is a few KB")
+    except ValueError as e:
+        raise SpecError(filename, "", f"{e}; give a YAML spec file (a few KB)") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
