@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,7 +81,9 @@ def load_encoding(path: str | os.PathLike) -> Any:
             f"{path} needs the tiktoken package: pip install 'unet-bench[tiktoken]'"
         ) from None
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO never blocks
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise pickle.UnpicklingError("not a regular file")
             data = f.read(MAX_PICKLE_BYTES + 1)
         if len(data) > MAX_PICKLE_BYTES:
             raise pickle.UnpicklingError(f"larger than {MAX_PICKLE_BYTES // 2**20} MiB")

@@ -125,11 +125,15 @@ def _pickle_with_state(enc, state) -> bytes:
     return out.getvalue()
 
 
-def test_a_huge_or_truncated_pickle_is_refused(tmp_path, monkeypatch):
+def test_a_huge_truncated_or_special_pickle_file_is_refused(tmp_path, monkeypatch):
     path = _write(tmp_path / "tokenizer.pkl", _encoding())
     Path(path).write_bytes(Path(path).read_bytes()[:-20])
     with pytest.raises(EngineError, match="unreadable tokenizer .*tokenizer.pkl: "):
         TiktokenTokenizer.from_pickle(path)
+    fifo = tmp_path / "fifo.pkl"
+    os.mkfifo(fifo)
+    with pytest.raises(EngineError, match="fifo.pkl: not a regular file"):
+        TiktokenTokenizer.from_pickle(fifo)
     monkeypatch.setattr(tokenizer_module, "MAX_PICKLE_BYTES", 10)
     with pytest.raises(EngineError, match="larger than 0 MiB"):
         TiktokenTokenizer.from_pickle(_write(tmp_path / "big.pkl", _encoding()))
