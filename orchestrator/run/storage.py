@@ -31,7 +31,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -130,7 +130,7 @@ class Location:
     users see (an absolute local path, or the URI without its query string); `query` is the
     URI's query (filesystem options), kept so that `full_uri` can rebuild it."""
 
-    fs: pafs.FileSystem
+    fs: pafs.FileSystem = field(compare=False)  # equal and hashed by where it points
     path: str
     uri: str
     query: str = ""
