@@ -145,7 +145,9 @@ class Dispatcher:
     # -- feeding workers --------------------------------------------------------------------
     def _next_task(self, slot: Slot) -> Task | None:
         if not slot.backlog:
-            held = {s.model_key for s in self.slots if s is not slot and s.model_key}
+            held: set[str] = set()
+            if not self.queue.queues.get(slot.model_key or ""):  # its own model is done
+                held = {s.model_key for s in self.slots if s is not slot and s.model_key}
             unit = self.queue.pop_unit(slot.model_key, held)
             if unit is None:
                 return None
