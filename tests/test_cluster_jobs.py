@@ -94,14 +94,20 @@ class Cluster:
                 "ray.init(address=sys.argv[1], log_to_driver=False)\n"
                 "while len([n for n in ray.nodes() if n['Alive']]) < int(sys.argv[2]):\n"
                 "    time.sleep(0.5)\n")
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # a loaded 2-core machine starts nodes slowly
         while True:
-            probe = subprocess.run([sys.executable, "-c", code, self.address, str(count)],
-                                   env=self.env, capture_output=True, text=True, timeout=180,
-                                   check=False)
-            if probe.returncode == 0:
-                return
-            assert time.monotonic() < deadline, probe.stderr[-2000:]
+            try:
+                probe = subprocess.run([sys.executable, "-c", code, self.address, str(count)],
+                                       env=self.env, capture_output=True, text=True,
+                                       timeout=120, check=False)
+                if probe.returncode == 0:
+                    return
+                why = probe.stderr[-1500:]
+            except subprocess.TimeoutExpired:
+                why = "a trial driver hung for 120 s"
+            if time.monotonic() > deadline:
+                logs = {p.name: p.read_text()[-1500:] for p in self.root.glob("*.out")}
+                raise AssertionError(f"{count} nodes not up: {why}\n{logs}")
             time.sleep(1)
 
     def node_names(self) -> dict[str, str]:
