@@ -50,14 +50,32 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 # Bounds on what a spec may cost before it is validated (docs/failures.md, "Bad input never runs").
 MAX_SPEC_BYTES = 1 << 20  # a spec file larger than 1 MiB is refused unread
-MAX_NODES = 250_000  # YAML nodes after expanding aliases and merge keys (a few KB of YAML)
+MAX_COMPOSED = 20_000  # YAML nodes as written (a spec has hundreds; each costs ~10-50 us)
+MAX_NODES = 100_000  # YAML nodes after expanding aliases and merge keys
 MAX_DEPTH = 64  # nesting of mappings and lists, aliases included
 MAX_INT_CHARS = 1000  # an integer literal longer than this is refused before int() runs
 
+if yaml.__with_libyaml__:  # libyaml scans and parses ~10x faster; composing stays ours
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses nesting past MAX_DEPTH and more than MAX_NODES composed nodes
-    while composing (aliases are counted by `_walk`, after composition)."""
+    class _SafeBase(
+        yaml.composer.Composer,
+        yaml.cyaml.CParser,
+        yaml.constructor.SafeConstructor,
+        yaml.resolver.Resolver,
+    ):
+        def __init__(self, stream: str):
+            yaml.cyaml.CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+else:  # pragma: no cover (PyYAML without libyaml)
+    _SafeBase = yaml.SafeLoader
+
+
+class _BoundedLoader(_SafeBase):
+    """A safe loader that refuses nesting past MAX_DEPTH and more than MAX_COMPOSED nodes while
+    composing (aliases are counted by `_walk`, after composition)."""
 
     def __init__(self, stream: str, name: str):
         super().__init__(stream)
@@ -73,8 +91,8 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         mark = self.peek_event().start_mark
         self.composed += 1
-        if self.composed > MAX_NODES:
-            raise self._refuse(mark, f"more than {MAX_NODES} YAML nodes; a spec has hundreds")
+        if self.composed > MAX_COMPOSED:
+            raise self._refuse(mark, f"more than {MAX_COMPOSED} YAML values; a spec has hundreds")
         if self.depth >= MAX_DEPTH:
             raise self._refuse(mark, f"lists and mappings nested deeper than {MAX_DEPTH} levels")
         self.depth += 1
