@@ -27,6 +27,7 @@ is between 3 and 4 (milliseconds per step), or after a kill there until the next
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -120,7 +121,10 @@ def compact(store: ResultStore, *, min_files: int = 1) -> CompactResult:
     result.skipped = [name for name, _ in files.bad]
     for label, indices in _chunks(files):
         inputs = [files.names[i] for i in indices]
-        batches = files.dataset(indices).to_batches(batch_size=ROW_GROUP_ROWS)
+        batches = itertools.chain.from_iterable(
+            files.dataset(group).to_batches(batch_size=ROW_GROUP_ROWS)
+            for group in files.groups(indices)
+        )
         out = f"{COMPACT_PREFIX}{label}-{uuid.uuid4().hex[:8]}.parquet"
         tmp, rows = write_temp(loc, out, files.schema, batches)
         _pause("written")
@@ -152,9 +156,7 @@ def _chunks(files: Files) -> list[tuple[str, list[int]]]:
     for run, indices in sorted(by_run.items()):
         chunk, rows, size = [], 0, 0
         for i in indices:
-            meta = files.fragments[i].metadata
-            n = meta.num_rows
-            b = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+            n, b = files.sizes[i]
             if chunk and (rows + n > MAX_ROWS or size + b > MAX_BYTES):
                 out.append((run, chunk))
                 chunk, rows, size = [], 0, 0

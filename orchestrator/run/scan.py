@@ -31,6 +31,7 @@ JOURNAL = "_compaction.json"
 REQUIRED = ("run_id", "cell_id", "status")  # a results file without these is foreign
 ROW_KEY = ("run_id", "cell_id", "attempt")  # one row per attempt
 _TRIES = 5  # re-list when a file vanishes under a concurrent compaction
+SCAN_FILES = 256  # files per dataset scan: a dataset keeps the footer of every file it scanned
 
 
 @dataclass
@@ -109,7 +110,8 @@ class Files:
 
     def __init__(self, loc: Location, known: dict[str, pa.DataType], names: list[str] | None):
         self.loc, self.known = loc, known
-        self.fragments: list[ds.ParquetFileFragment] = []
+        self.paths: list[str] = []
+        self.sizes: list[tuple[int, int]] = []  # (rows, uncompressed bytes) per file
         self.names: list[str] = []
         self.bad: list[tuple[str, str]] = []
         fields = dict(known)
@@ -117,8 +119,8 @@ class Files:
         for name in live_parts(loc) if names is None else names:
             path = f"{loc.path}/{name}"
             try:
-                frag = fmt.make_fragment(path, filesystem=loc.fs)
-                schema = frag.physical_schema  # reads the footer only
+                meta = fmt.make_fragment(path, filesystem=loc.fs).metadata  # the footer only
+                schema = meta.schema.to_arrow_schema()
             except FileNotFoundError:
                 raise
             except Exception as e:  # noqa: BLE001 - truncated, not Parquet, unreadable
@@ -128,14 +130,23 @@ class Files:
             if problem:
                 self.bad.append((name, f"not a results file of this job ({problem})"))
                 continue
-            self.fragments.append(frag)
+            # keep numbers, not the footer: 10k footers of ~100 columns hold gigabytes
+            size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+            self.paths.append(path)
+            self.sizes.append((meta.num_rows, size))
             self.names.append(name)
         self.schema = pa.schema(fields.items())
 
+    def groups(self, indices: list[int] | None = None) -> list[list[int]]:
+        """`indices` (default: all files) in groups of SCAN_FILES, to scan one at a time (10k
+        loose files scanned at once hold ~2 GB of footers)."""
+        indices = list(range(len(self.paths))) if indices is None else indices
+        return [indices[i : i + SCAN_FILES] for i in range(0, len(indices), SCAN_FILES)]
+
     def dataset(self, keep: list[int] | None = None) -> ds.Dataset:
-        frags = self.fragments if keep is None else [self.fragments[i] for i in keep]
-        return ds.FileSystemDataset(
-            frags, schema=self.schema, format=ds.ParquetFileFormat(), filesystem=self.loc.fs
+        paths = self.paths if keep is None else [self.paths[i] for i in keep]
+        return ds.FileSystemDataset.from_paths(
+            paths, schema=self.schema, format=ds.ParquetFileFormat(), filesystem=self.loc.fs
         )
 
 
@@ -177,14 +188,18 @@ def scan(
 
 
 def _read(files: Files, columns, filter, dedup: bool) -> ScanResult:
-    if not files.fragments:
+    if not files.paths:
         return ScanResult(None, files.bad, [])
     names = files.schema.names
     wanted = names if columns is None else [c for c in dict.fromkeys(columns) if c in names]
     keys = [k for k in ROW_KEY if k in names] if dedup else []
     read_cols = list(dict.fromkeys([*wanted, *keys]))
     try:
-        table = files.dataset().to_table(columns=read_cols, filter=filter)
+        parts = [
+            files.dataset(group).to_table(columns=read_cols, filter=filter)
+            for group in files.groups()
+        ]
+        table = pa.concat_tables(parts)
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
