@@ -272,9 +272,12 @@ def _dry_run(job, max_cells: int) -> int:
 def _local_cpu_memory(args: argparse.Namespace) -> int | None:
     """This machine's RAM when the cells will run here on CPU workers (no --address, no GPU, not
     a dry run): cells that cannot fit in it are refused before anything runs (spec/fits.py)."""
+    import os
+
     from orchestrator.spec import memory
 
-    if args.dry_run or args.address or memory.local_gpus_visible():
+    joins = args.address or os.environ.get("RAY_ADDRESS", "").strip()  # cells run elsewhere
+    if args.dry_run or joins or memory.local_gpus_visible():
         return None
     return memory.host_memory_bytes()
 
