@@ -80,6 +80,7 @@ class Cluster:
     def start(self, name: str, line: str) -> None:
         temp = self.root / name
         args = [*shlex.split(line), f"--temp-dir={temp}", "--num-cpus=1", "--block",
+                "--object-store-memory=200000000",  # not 30% of RAM per node
                 f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"]
         if "--head" in args:
             args.append(f"--ray-client-server-port={free_port()}")

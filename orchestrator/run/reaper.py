@@ -78,6 +78,8 @@ class Watchdog:
     process: subprocess.Popen | None
 
     def stop(self) -> None:
+        if self in _LIVE:
+            _LIVE.remove(self)
         if self.process is None or self.process.stdin is None:
             return
         with contextlib.suppress(OSError):
@@ -102,4 +104,9 @@ def start_watchdog() -> Watchdog:
         process.stdout.close()
     except OSError:
         return Watchdog(None)
-    return Watchdog(process)
+    watch = Watchdog(process)
+    _LIVE.append(watch)  # never closed by garbage collection: only by stop() or our exit
+    return watch
+
+
+_LIVE: list[Watchdog] = []
