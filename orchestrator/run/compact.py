@@ -116,7 +116,7 @@ def compact(store: ResultStore, *, min_files: int = 1) -> CompactResult:
         return result
     from orchestrator.run.store import KNOWN_COLUMNS
 
-    files = Files(loc, KNOWN_COLUMNS, names)
+    files = Files.check(loc, KNOWN_COLUMNS, names)
     store.report_bad(files.bad)
     result.skipped = [name for name, _ in files.bad]
     for label, indices in _chunks(files):

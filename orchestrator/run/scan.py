@@ -105,15 +105,25 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
+@dataclass
 class Files:
-    """The readable, compatible part files of one location and their unified schema."""
+    """The readable, compatible part files of one location and their unified schema; open with
+    `Files.check(loc, known, names)`."""
 
-    def __init__(self, loc: Location, known: dict[str, pa.DataType], names: list[str] | None):
-        self.loc, self.known = loc, known
-        self.paths: list[str] = []
-        self.sizes: list[tuple[int, int]] = []  # (rows, uncompressed bytes) per file
-        self.names: list[str] = []
-        self.bad: list[tuple[str, str]] = []
+    loc: Location
+    schema: pa.Schema
+    names: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (rows, uncompressed bytes)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (name, why it was skipped)
+
+    @classmethod
+    def check(
+        cls, loc: Location, known: dict[str, pa.DataType], names: list[str] | None = None
+    ) -> Files:
+        """Read the footer of each file (`names`, default: the live part files) and keep those
+        that are this project's results; the others go to `bad` with the reason."""
+        files = cls(loc, pa.schema([]))
         fields = dict(known)
         fmt = ds.ParquetFileFormat()
         for name in live_parts(loc) if names is None else names:
@@ -124,18 +134,19 @@ class Files:
             except FileNotFoundError:
                 raise
             except Exception as e:  # noqa: BLE001 - truncated, not Parquet, unreadable
-                self.bad.append((name, " ".join(str(e).split())[:200]))
+                files.bad.append((name, " ".join(str(e).split())[:200]))
                 continue
             problem = schema_problem(schema, known) or _merge(fields, schema, known)
             if problem:
-                self.bad.append((name, f"not a results file of this job ({problem})"))
+                files.bad.append((name, f"not a results file of this job ({problem})"))
                 continue
             # keep numbers, not the footer: 10k footers of ~100 columns hold gigabytes
             size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-            self.paths.append(path)
-            self.sizes.append((meta.num_rows, size))
-            self.names.append(name)
-        self.schema = pa.schema(fields.items())
+            files.names.append(name)
+            files.paths.append(path)
+            files.sizes.append((meta.num_rows, size))
+        files.schema = pa.schema(fields.items())
+        return files
 
     def groups(self, indices: list[int] | None = None) -> list[list[int]]:
         """`indices` (default: all files) in groups of SCAN_FILES, to scan one at a time (10k
@@ -178,7 +189,7 @@ def scan(
     left out), only rows matching `filter`; see the module docstring."""
     for attempt in range(_TRIES):
         try:
-            files = Files(loc, known, None)
+            files = Files.check(loc, known)
             return _read(files, columns, filter, dedup)
         except FileNotFoundError:
             if attempt == _TRIES - 1:

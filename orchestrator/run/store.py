@@ -321,7 +321,7 @@ class ResultStore:
         """The unified schema of the readable files (reads footers only)."""
         from orchestrator.run.scan import Files
 
-        return Files(self.location, KNOWN_COLUMNS, None).schema
+        return Files.check(self.location, KNOWN_COLUMNS).schema
 
     def fetch(self, columns: list[str], cell_ids: list[str] | set[str]) -> LoadedResults:
         """Given columns of the rows of given cells (plus `cell_id`, `run_id`, `attempt`), e.g.
