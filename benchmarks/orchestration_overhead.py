@@ -11,9 +11,10 @@ worker count it runs one job of trivially small cells and reports:
 
 cells/s = cells / span and driver CPU/cell = `time.process_time()` of the driver process (every
 thread: dispatch loop, row writer, Ray's client threads) over the same span / cells, where the
-span runs from the first cell handed to a worker until every row is written; "of it in the loop"
-is the dispatch thread's own share (`time.thread_time()`). Worker start-up is
-outside the span. Cells use a trivial in-process backend (the worker returns fixed metrics at
+span runs from the moment every worker has started a cell (dispatch starts with the first worker
+ready; the others join as they come up) until every row is written, and `cells` counts the cells
+that finished in it; "of it in the loop" is the dispatch thread's own share
+(`time.thread_time()`). Cells use a trivial in-process backend (the worker returns fixed metrics at
 once: the real engine's smallest cell takes milliseconds, which would measure the engine);
 `--engine` runs the real engine on the smallest cell instead.
 """
@@ -54,30 +55,42 @@ class TrivialBackend:
 
 
 class SpanProgress:
-    """A silent Progress that clocks the span: first cell started -> end of the dispatch."""
+    """A silent Progress that clocks the steady state: from the moment every worker has started
+    a cell (workers come up one by one and dispatch starts with the first) to the end of the
+    dispatch, counting the cells that finished in between."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int) -> None:
+        self.workers, self.seen, self.done = workers, set(), 0
+        self.first: tuple[float, float, float] | None = None  # the first cell's start
         self.t0: tuple[float, float, float] | None = None
         self.t1: tuple[float, float, float] | None = None
+        self.done_at_t0 = 0
 
     def begin(self, **counts: object) -> None:
         pass
 
     def started(self, worker: int, label: str) -> None:
         if self.t0 is None:
-            self.t0 = (time.perf_counter(), time.process_time(), time.thread_time())
+            now = (time.perf_counter(), time.process_time(), time.thread_time())
+            self.first = self.first or now
+            self.seen.add(worker)
+            if len(self.seen) == self.workers:
+                self.t0, self.done_at_t0 = now, self.done
 
     def finished(self, record: dict, label: str, **kw: object) -> None:
-        pass
+        self.done += 1
 
     def end(self) -> None:
         self.t1 = (time.perf_counter(), time.process_time(), time.thread_time())
 
-    def rates(self, n: int) -> tuple[float, float, float]:
-        """(cells/s, driver CPU ms per cell, dispatch-thread CPU ms per cell)"""
-        assert self.t0 is not None and self.t1 is not None
-        wall, cpu, loop = (b - a for a, b in zip(self.t0, self.t1, strict=True))
-        return n / wall, cpu / n * 1e3, loop / n * 1e3
+    def rates(self) -> tuple[int, float, float, float, str]:
+        """(cells in the span, cells/s, driver CPU ms per cell, dispatch-thread CPU ms/cell,
+        a note); from the first cell on when not every worker started before the end."""
+        assert self.first is not None and self.t1 is not None
+        start, note = (self.t0, "") if self.t0 else (self.first, "  (not all workers came up)")
+        n = self.done - (self.done_at_t0 if self.t0 else 0)
+        wall, cpu, loop = (b - a for a, b in zip(start, self.t1, strict=True))
+        return n, n / wall, cpu / n * 1e3, loop / n * 1e3, note
 
 
 def job_spec(name: str, n_cells: int, workers: int):
@@ -97,28 +110,33 @@ def job_spec(name: str, n_cells: int, workers: int):
     return parse_job_spec(Document(data=data))
 
 
-def run_dispatch(job, backend) -> tuple[int, float, float, float]:
-    cells = expand_cells(job)
-    span = SpanProgress()
+def run_dispatch(job, backend) -> tuple[int, float, float, float, str]:
+    cells = list(expand_cells(job))
+    span = SpanProgress(job.workers.cpu_workers)
     rows: list[dict] = []
+
+    def on_record(record: dict) -> None:
+        rows.append(record)
+        span.finished(record, "")
+
     dispatcher = Dispatcher(
         cells,
         job.workers,
-        rows.append,
+        on_record,
         backend=backend,
         on_start=lambda cell, worker: span.started(worker, ""),
     )
     dispatcher.run()
     span.end()
     assert len(rows) == len(cells) and all(r["status"] == "ok" for r in rows), rows[:1]
-    return (len(rows), *span.rates(len(rows)))
+    return span.rates()
 
 
-def run_submit(job, backend, results: Path) -> tuple[int, float, float, float]:
-    span = SpanProgress()
+def run_submit(job, backend, results: Path) -> tuple[int, float, float, float, str]:
+    span = SpanProgress(job.workers.cpu_workers)
     outcome = submit_job(job, results, backend=backend, progress=span)
     assert outcome.exit_code == 0 and outcome.ran == len(outcome.rows), outcome.summary_line()
-    return (outcome.ran, *span.rates(outcome.ran))
+    return span.rates()
 
 
 def machine() -> str:
@@ -156,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 job = job_spec(f"overhead-{mode}-{w}", args.cells, w)
                 if mode == "dispatch":
-                    n, rate, cpu, loop = run_dispatch(job, backend)
+                    n, rate, cpu, loop, note = run_dispatch(job, backend)
                 else:
-                    n, rate, cpu, loop = run_submit(job, backend, scratch)
-                print(f"{mode:<9} {w:>7} {n:>6} {rate:>8.0f} {cpu:>19.2f} {loop:>18.2f}",
+                    n, rate, cpu, loop, note = run_submit(job, backend, scratch)
+                print(f"{mode:<9} {w:>7} {n:>6} {rate:>8.0f} {cpu:>19.2f} {loop:>18.2f}{note}",
                       flush=True)
     finally:
         ray.shutdown()
