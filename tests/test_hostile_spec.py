@@ -33,19 +33,24 @@ def alias_bomb(levels: int = 9, width: int = 10) -> str:
     return VALID + "anchors:\n" + "\n".join(lines) + "\n"
 
 
+# A small launcher runs the CLI and reports its peak RSS: a child forked straight from the (large)
+# test process would inherit the test's RSS high-water mark in ru_maxrss.
+LAUNCHER = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); "
+    "_, status, usage = os.wait4(p.pid, 0); open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
+    "sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
 def run_cli(tmp_path: Path, *argv: str) -> tuple[int, str, int]:
-    """(exit code, stderr, peak RSS of the child in KB) of `python -m orchestrator ...`."""
-    err = tmp_path / "stderr.txt"
+    """(exit code, stderr, peak RSS of the CLI process in KB) of `python -m orchestrator ...`."""
+    err, rss = tmp_path / "stderr.txt", tmp_path / "rss.txt"
     with open(err, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *argv], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=f)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            if proc.returncode is None and proc.poll() is None:  # pragma: no cover
-                proc.kill()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss
+        code = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(rss), sys.executable, "-m", "orchestrator", *argv],
+            check=False, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, timeout=300,
+        ).returncode
+    return code, err.read_text(), int(rss.read_text())
 
 
 def assert_refused(code: int, err: str, results: Path, starts: str, *fragments: str) -> None:
