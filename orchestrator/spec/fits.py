@@ -14,7 +14,7 @@ allocating anything (that budget simulates a smaller device).
 Whole grids are not expanded when they fit: the estimate grows with batch size, prompt length,
 new tokens and dtype width, so one bound per model and method (the largest values any cell can
 take) clears every cell at once; only a bound that does not fit leads to a search for a real
-offending cell.
+offending cell, largest cells first.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orchestrator.spec import checks, memory
-from orchestrator.spec.grid import AXIS_DEFAULTS, CellSpec, iter_cells
+from orchestrator.spec.grid import AXIS_DEFAULTS, SIZE_AXES, CellSpec, largest_cells_first
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.spec.job import JobSpec, ModelSpec
     from orchestrator.spec.source import Document
-
-SIZE_AXES = ("batch_size", "prompt_len", "max_tokens")
 
 
 def estimate(model: ModelSpec, *, method: str, dtype: str, batch_size: int, prompt_len: int,
@@ -93,7 +91,7 @@ def check_memory(doc: Document, job: JobSpec, worker_memory_bytes: int | None = 
     if all(max(b.host_bytes, b.cpu_bytes if worker_memory_bytes else 0) <= smallest
            for model in job.models for b in _bounds(job, model)):
         return
-    for cell in iter_cells(job):
+    for cell in largest_cells_first(job):  # a too-big cell is found early, not after the rest
         reason = _too_big(job, cell, cell_estimate(cell), host, worker_memory_bytes)
         if reason:
             raise doc.error(_locate(doc, job, cell),

@@ -55,6 +55,7 @@ AXIS_DEFAULTS: dict[str, tuple] = {
     "method": ("naive", "cached"),
 }
 MATCH_KEYS = ("model",)  # include/exclude may also name a model by tag
+SIZE_AXES = ("batch_size", "prompt_len", "max_tokens")
 NUMERIC_AXES = ("batch_size", "prompt_len", "max_tokens", "temperature", "top_k")
 CELL_ID_CHARS = 16
 DEFAULT_MAX_CELLS = 1_000_000  # submit refuses bigger jobs unless --max-cells raises it
@@ -319,8 +320,9 @@ def _make_cell(job: JobSpec, model: ModelSpec, params: dict) -> CellSpec:
     )
 
 
-def _product(job: JobSpec, model: ModelSpec) -> Product:
-    """The model's grid (axes and zip groups, method fastest) less its `exclude` entries."""
+def _product(job: JobSpec, model: ModelSpec, *, largest_first: bool = False) -> Product:
+    """The model's grid (axes and zip groups, method fastest) less its `exclude` entries;
+    `largest_first` walks the size axes from their largest values (searches for big cells)."""
     zipped = {axis for group in job.grid.zip for axis in group}
     order = list(AXES)
     factors = [
@@ -332,6 +334,9 @@ def _product(job: JobSpec, model: ModelSpec) -> Product:
         axes = tuple(group)
         rows = list(zip(*(group[a] for a in axes)))
         factors.append((min(order.index(a) for a in axes), axes, rows))
+    if largest_first:
+        factors = [(pos, axes, sorted(rows, key=lambda r, a=axes: -_size(a, r)))
+                   for pos, axes, rows in factors]
     factors.sort(key=lambda f: f[0])
     rules = []
     for entry in job.grid.exclude:
@@ -370,6 +375,19 @@ def iter_cells(job: JobSpec) -> Iterator[CellSpec]:
             cell = _make_cell(job, model, params)
             cell.__dict__["_cell_id"] = ids(params)  # the same id, computed faster
             yield cell
+
+
+def _size(axes: tuple, row: tuple) -> float:
+    return sum(v for a, v in zip(axes, row) if a in SIZE_AXES and v is not None)
+
+
+def largest_cells_first(job: JobSpec) -> Iterator[CellSpec]:
+    """Every cell once, for searches: each model's `include` cells, then its grid walked from
+    the largest batch size, prompt length and new tokens down (a too-big cell comes early)."""
+    for model in job.models:
+        grid = _product(job, model, largest_first=True)
+        for params in itertools.chain(_included(job, model, grid), grid.cells()):
+            yield _make_cell(job, model, params)
 
 
 def count_cells(job: JobSpec) -> int:
