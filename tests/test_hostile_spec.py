@@ -285,7 +285,7 @@ def test_grids_that_fit_are_not_expanded(tmp_path, monkeypatch):
     def no_cells(job):
         raise AssertionError("the grid was expanded")
 
-    monkeypatch.setattr(fits, "iter_cells", no_cells)
+    monkeypatch.setattr(fits, "largest_cells_first", no_cells)
     load_job_spec(str(spec), worker_memory_bytes=10**10)
 
 
@@ -318,3 +318,25 @@ def test_a_hostile_checkpoint_meta_is_refused_in_one_line(tmp_path, meta):
     assert len(message.splitlines()) == 1 and len(message) < 400
     if meta == "fifo":
         assert "not a regular file" in message
+
+
+def test_a_too_big_cell_is_found_without_walking_the_grid(tmp_path, monkeypatch):
+    """One absurd batch size among thousands of cells is found first (largest sizes first)."""
+    sizes = ", ".join(str(n) for n in range(1, 41))
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: big\nmodel: {tag: 'd[2,2]-h[64,128]', vocab_size: 256, sequence_len: 128, "
+        f"head_dim: 32}}\ngrid:\n  batch_size: [{sizes}, 1000000000]\n  prompt_len: [{sizes}]\n"
+        f"  max_tokens: [{sizes}]\nexclude:\n  - {{batch_size: 1, prompt_len: 1}}\n"
+    )
+    seen = []
+    original = fits._too_big
+
+    def counting(*args):
+        seen.append(args[1])
+        return original(*args)
+
+    monkeypatch.setattr(fits, "_too_big", counting)
+    with pytest.raises(SpecError, match=r"b=1000000000 p=40 n=40"):
+        load_job_spec(str(spec))
+    assert len(seen) == 1  # 131,200 cells, the first one searched is the offender
