@@ -83,14 +83,16 @@ def test_two_node_cluster_results_land_in_driver_dataset(tmp_path):
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        # dispatch starts with the first ready worker: cells long enough for the second
         code = main(["-q", "submit", spec, "--results", results,
-                     "--set", "workers.cpu_workers=2"])
+                     "--set", "workers.cpu_workers=2", "--set", "grid.batch_size=[1,2,3,4,5,6,7,8]",
+                     "--set", "measure.repeats=5"])
         ray.shutdown()
         cluster.shutdown()
         sys.exit(code)
     """)
     rows = ds.dataset(job_dir, format="parquet").to_table().to_pylist()
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
     assert len({r["ray_node_id"] for r in rows}) == 2
 
 
