@@ -10,11 +10,13 @@ import threading
 import time
 
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import StorageError
+from orchestrator.run import compact
 from orchestrator.run.store import ResultStore
-from orchestrator.run.writer import RowWriter, store_sink
+from orchestrator.run.writer import RowWriter
 
 
 class SlowSink:
@@ -86,7 +88,7 @@ def test_ctrl_c_while_flushing_loses_no_row():
 
 def test_store_sink_writes_real_parquet_rows(tmp_path):
     store = ResultStore(tmp_path / "job")
-    writer = RowWriter(store_sink(store))
+    writer = RowWriter(store.write_many)
     for i in range(5):
         writer.put({"cell_id": f"c{i}", "attempt": 1, "run_id": "r1", "status": "ok",
                     "batch_size": i, "cpu_model": "x86", "node_ip": "127.0.0.1"})
@@ -94,3 +96,15 @@ def test_store_sink_writes_real_parquet_rows(tmp_path):
     rows = ds.dataset(tmp_path / "job", format="parquet").to_table().to_pylist()
     assert sorted(r["batch_size"] for r in rows) == list(range(5))
     assert {(r["cpu_model"], r["node_ip"]) for r in rows} == {("x86", "127.0.0.1")}
+
+
+def test_a_batch_is_one_atomic_file_that_compaction_files_under_its_run(tmp_path):
+    store = ResultStore(tmp_path / "job")
+    rows = [{"cell_id": f"c{i}", "attempt": 1, "run_id": "r1", "status": "ok",
+             "batch_size": i, "trace_json": "{}" if i == 0 else None} for i in range(3)]
+    path = store.write_many(rows)
+    assert path.name == "part-c0-a1-r1-n3.parquet"
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["_traces", path.name]
+    assert pq.read_table(path).column("trace_path").to_pylist() == ["_traces/c0-a1.json", None,
+                                                                       None]
+    assert compact.ATTEMPT.match(path.name)["run"] == "r1"

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 COMPACT_PREFIX = "part-compact-"
-ATTEMPT = re.compile(r"^part-(?P<cell>.+)-a(?P<attempt>\d+)-(?P<run>.+)\.parquet$")
+ATTEMPT = re.compile(r"^part-(?P<cell>.+)-a(?P<attempt>\d+)-(?P<run>.+?)(?:-n\d+)?\.parquet$")
 MAX_ROWS = 250_000  # rows per compacted file
 MAX_BYTES = 1 << 30  # uncompressed bytes per compacted file (from the inputs' footers)
 ROW_GROUP_ROWS = 32_768

@@ -183,6 +183,30 @@ def record_to_table(record: dict) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
+def records_to_table(records: list[dict]) -> pa.Table:
+    """Several records -> one table, one array per column (a batch costs about what one row
+    does); rows whose values do not fit their columns go through record_to_table one by one."""
+    try:
+        names, arrays = [], []
+        for name, typ in KNOWN_COLUMNS.items():
+            values = [r.get(name) for r in records]
+            if typ == _TS:
+                values = [_to_timestamp(v) for v in values]
+            arrays.append(pa.array(values, type=typ))
+            names.append(name)
+        for name in sorted({k for r in records for k in r} - set(KNOWN_COLUMNS)):
+            values = [r.get(name) for r in records]
+            if any(isinstance(v, dict) for v in values):
+                raise TypeError(f"column {name}: dict values")
+            typ = next((_infer_type(v) for v in values if v is not None), pa.null())
+            arrays.append(pa.array(values, type=typ))
+            names.append(name)
+        return pa.Table.from_arrays(arrays, names=names)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        tables = [record_to_table(r) for r in records]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
 @dataclass
 class LoadedResults:
     """Rows read from a results directory, plus the files that could not be read."""
@@ -246,20 +270,35 @@ class ResultStore:
     # -- writing ----------------------------------------------------------------------------
     def write(self, record: dict) -> Path:
         """Durably write one record (and its trace, if any); returns the Parquet file path."""
+        return self.write_many([record])
+
+    def write_many(self, records: list[dict]) -> Path:
+        """Durably write records (traces first) as ONE atomic Parquet file; returns its path.
+
+        The row writer (run/writer.py) hands over every row that finished while it was busy, so
+        a flood of short cells costs one file per batch, not one per row; a row is saved once
+        its file is renamed into place, exactly as with one row per file."""
+        rows = [self._with_trace(record) for record in records]
+        first = rows[0]
+        name = f"part-{first['cell_id']}-a{first.get('attempt', 1)}-{first['run_id']}"
+        name += ".parquet" if len(rows) == 1 else f"-n{len(rows)}.parquet"
+        table = record_to_table(first) if len(rows) == 1 else records_to_table(rows)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.location.write_atomic(name, sink.getvalue().to_pybytes())
+        return Path(self.display(name))
+
+    def _with_trace(self, record: dict) -> dict:
+        """The record with its Chrome trace (if any) saved under _traces/ and referenced."""
         record = dict(record)
-        cell_id, attempt, run_id = record["cell_id"], record.get("attempt", 1), record["run_id"]
         trace = record.pop("trace_json", None)
         if trace:
-            name = f"{cell_id}-a{attempt}.json"
+            name = f"{record['cell_id']}-a{record.get('attempt', 1)}.json"
             (self.location / "_traces").write_atomic(
                 name, trace if isinstance(trace, bytes) else trace.encode()
             )
             record["trace_path"] = f"_traces/{name}"
-        name = f"part-{cell_id}-a{attempt}-{run_id}.parquet"
-        sink = pa.BufferOutputStream()
-        pq.write_table(record_to_table(record), sink)
-        self.location.write_atomic(name, sink.getvalue().to_pybytes())
-        return Path(self.display(name))
+        return record
 
     # -- maintenance (hold the lock) --------------------------------------------------------
     def recover(self) -> None:

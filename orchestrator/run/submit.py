@@ -30,7 +30,7 @@ from orchestrator.run.plan import CellState, cell_state, plan_cells
 from orchestrator.run.progress import LineProgress, Progress, reporting
 from orchestrator.run.storage import resolve, storage_errors
 from orchestrator.run.store import ResultStore
-from orchestrator.run.writer import RowWriter, store_sink
+from orchestrator.run.writer import RowWriter
 from orchestrator.spec.grid import (
     DEFAULT_MAX_CELLS,
     CellSpec,
@@ -131,7 +131,7 @@ class _Progress:
         # `ray job submit` uploads the working dir without a usable .git: the submitter passes
         # the code version in (README: --runtime-env-json ... UNET_BENCH_GIT_COMMIT).
         self.commit = os.environ.get(GIT_COMMIT_ENV, "").strip() or git_commit()
-        self.writer = RowWriter(store_sink(store))
+        self.writer = RowWriter(store.write_many)
 
     def started(self, cell: CellSpec, worker_index: int) -> None:
         self.display.started(worker_index, self.labels.get(cell.cell_id, cell.cell_id))

@@ -1,6 +1,6 @@
 """Writing rows off the dispatch loop: one background thread, a bounded queue.
 
-    writer = RowWriter(store_sink(store))
+    writer = RowWriter(store.write_many)
     writer.put(record)        # returns at once; blocks only when `max_pending` rows wait
     writer.close()            # every row put is written (or the write error is raised)
 
@@ -17,7 +17,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +26,6 @@ _PUT_TICK_S = 0.5
 _STOP = object()
 
 
-def store_sink(store: Any) -> Callable[[list[dict]], None]:
-    """A sink writing rows to a ResultStore: its `write_many(rows)` where it has one (several
-    rows, one atomic write), else `write(row)` per row."""
-    write_many = getattr(store, "write_many", None)
-    if write_many is not None:
-        return write_many
-
-    def write_each(rows: list[dict]) -> None:
-        for row in rows:
-            store.write(row)
-
-    return write_each
 
 
 class RowWriter:
