@@ -63,7 +63,8 @@ def test_gpu_pinning_with_declared_gpus_on_cpu(tmp_path):
                  configure_logging=False)
         # cells long enough that the second worker is up before the first one is done
         code = main(["-q", "submit", spec, "--results", results, "--set",
-                     "grid.batch_size=[1,2,3,4,5,6,7,8]", "--set", "measure.repeats=5"])
+                     "grid.batch_size=[1,2,3,4,5,6,7,8]", "--set", "measure.repeats=5",
+                     "--set", "grid.max_tokens=[48]"])
         ray.shutdown()
         sys.exit(code)
     """)
@@ -86,7 +87,7 @@ def test_two_node_cluster_results_land_in_driver_dataset(tmp_path):
         # dispatch starts with the first ready worker: cells long enough for the second
         code = main(["-q", "submit", spec, "--results", results,
                      "--set", "workers.cpu_workers=2", "--set", "grid.batch_size=[1,2,3,4,5,6,7,8]",
-                     "--set", "measure.repeats=5"])
+                     "--set", "measure.repeats=5", "--set", "grid.max_tokens=[48]"])
         ray.shutdown()
         cluster.shutdown()
         sys.exit(code)
