@@ -30,7 +30,7 @@ import sys
 from tabulate import tabulate
 
 from orchestrator import results_cli
-from orchestrator.cli_help import epilog
+from orchestrator.cli_help import epilog, with_epilog
 from orchestrator.errors import Interrupted, OrchestratorError, SpecError
 from orchestrator.results.dataset import job_dirs, summary_rows
 from orchestrator.run import interrupts
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(also done after a submit)",
     )
     c.add_argument("results_dir", help="a job's results directory (or a results root)")
+    with_epilog(c, "compact")
     results_cli.register(sub, parents=[common])
     return parser
 

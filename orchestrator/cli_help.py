@@ -50,6 +50,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         (f"{P} compare results/a/sweep results/b/sweep --only-changed", "two directories"),
         (f"{P} compare previous latest --results results/sweep --fail-on-change", ""),
     ],
+    "compact": [
+        (f"{P} compact results/sweep", "a job's attempt files into a few large files"),
+        (f"{P} compact results", "every job under a results root"),
+        (f"{P} compact s3://bucket/results/sweep", "a job in a bucket"),
+    ],
     "plot": [
         (f"{P} plot results/sweep", "the default PNGs in results/sweep/_plots/"),
         (f"{P} plot results/sweep --x prompt_len --y speedup --hue batch_size", ""),
