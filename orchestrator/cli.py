@@ -32,7 +32,7 @@ from tabulate import tabulate
 from orchestrator import results_cli
 from orchestrator.cli_help import epilog, with_epilog
 from orchestrator.errors import Interrupted, OrchestratorError, SpecError
-from orchestrator.results.dataset import job_dirs, summary_rows
+from orchestrator.reports.dataset import job_dirs, summary_rows
 from orchestrator.run import interrupts
 from orchestrator.spec.grid import (
     DEFAULT_MAX_CELLS,

@@ -26,14 +26,14 @@ import pyarrow.compute as pc
 
 from orchestrator.cli_help import with_epilog
 from orchestrator.errors import QueryError
-from orchestrator.results import compare as compare_mod
-from orchestrator.results import summary
-from orchestrator.results.dataset import load_results, results_schema
-from orchestrator.results.formats import FORMATS, render
-from orchestrator.results.hardware import HARDWARE_COLUMNS
-from orchestrator.results.pivot import COMBINE, PivotSpec, parse_ratio, pivot
-from orchestrator.results.query import QuerySpec, parse_agg, query_results, split_list
-from orchestrator.results.where import unknown_column
+from orchestrator.reports import compare as compare_mod
+from orchestrator.reports import summary
+from orchestrator.reports.dataset import load_results, results_schema
+from orchestrator.reports.formats import FORMATS, render
+from orchestrator.reports.hardware import HARDWARE_COLUMNS
+from orchestrator.reports.pivot import COMBINE, PivotSpec, parse_ratio, pivot
+from orchestrator.reports.query import QuerySpec, parse_agg, query_results, split_list
+from orchestrator.reports.where import unknown_column
 from orchestrator.run.manifest import Invocation
 from orchestrator.run.progress import MODES, make_progress
 from workers.record import Status
@@ -184,7 +184,7 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
 def submit_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for submit_job from the parsed submit options."""
     if args.plot:
-        from orchestrator.results.plot import require_matplotlib
+        from orchestrator.reports.plot import require_matplotlib
 
         require_matplotlib()  # fail before the sweep, not after it
     argv = getattr(args, "argv", None)
@@ -201,7 +201,7 @@ def submit_options(args: argparse.Namespace) -> dict:
 def after_submit(args: argparse.Namespace, job_dir: Path) -> None:
     """`submit --plot`: write the default plots of the job."""
     if args.plot:
-        from orchestrator.results.plot import write_plots
+        from orchestrator.reports.plot import write_plots
 
         for path in write_plots(job_dir):
             log.info("plot: %s", path)
@@ -284,7 +284,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from orchestrator.results.plot import PlotSpec, write_plots
+    from orchestrator.reports.plot import PlotSpec, write_plots
 
     custom = None
     if args.x or args.y or args.hue or args.col:

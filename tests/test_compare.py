@@ -8,7 +8,7 @@ import json
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.results.compare import Side, compare, is_flagged
+from orchestrator.reports.compare import Side, compare, is_flagged
 from orchestrator.run.store import ResultStore
 from tests.results_data import GRID, make_record
 
@@ -143,7 +143,7 @@ def test_runs_on_other_hardware_are_shown_without_ratios(tmp_path, capsys):
 
 
 def test_compare_reads_only_what_it_compares():
-    from orchestrator.results.compare import needed_columns
+    from orchestrator.reports.compare import needed_columns
 
     cols = needed_columns(("decode_tok_s",), on=("prompt",))
     assert "generated_ids" not in cols and "prompt" in cols and "decode_step_ms" in cols

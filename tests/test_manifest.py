@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.results.dataset import load_results
+from orchestrator.reports.dataset import load_results
 from orchestrator.run.manifest import Invocation, RunManifest, read_manifests
 from orchestrator.spec.job import load_job_spec
 from tests.results_data import write_sweep

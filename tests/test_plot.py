@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.results.plot import speedup_rows
+from orchestrator.reports.plot import speedup_rows
 from tests.results_data import GRID, make_record, write_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from orchestrator.cli import main
 from orchestrator.errors import QueryError
-from orchestrator.results.where import parse_where
+from orchestrator.reports.where import parse_where
 from tests.results_data import decode_tok_s, write_sweep
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.results import summary
+from orchestrator.reports import summary
 from orchestrator.run.store import ResultStore
 from tests.results_data import GRID, make_record
 
@@ -218,7 +218,7 @@ def test_pivot_ratio_only_within_one_hardware(tmp_path):
 
 
 def test_layout_splits_a_group_too_wide_for_one_block_and_repeats_the_keys():
-    from orchestrator.results.layout import Column, fit
+    from orchestrator.reports.layout import Column, fit
 
     keys = [Column(group="batch", name="size", values=["1", "8"], key=True)]
     wide = [
@@ -233,7 +233,7 @@ def test_layout_splits_a_group_too_wide_for_one_block_and_repeats_the_keys():
 
 
 def test_hardware_identity_and_its_fallbacks():
-    from orchestrator.results.hardware import hardware_id
+    from orchestrator.reports.hardware import hardware_id
 
     new = {
         "device": "cuda:1",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ClusterError, Interrupted, SpecError, StorageError, UsageError
-from orchestrator.results.dataset import summary_rows
+from orchestrator.reports.dataset import summary_rows
 from orchestrator.run.compact import compact_after_submit
 from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs, read_manifests
 from orchestrator.run.plan import CellState, cell_state, plan_cells

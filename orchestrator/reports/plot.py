@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import MissingDependencyError, QueryError
-from orchestrator.results.compare import MATCH_CANDIDATES, order_key
-from orchestrator.results.dataset import PEAK_COLUMN, job_dirs, load_results, ok_rows
-from orchestrator.results.hardware import hardware_id
+from orchestrator.reports.compare import MATCH_CANDIDATES, order_key
+from orchestrator.reports.dataset import PEAK_COLUMN, job_dirs, load_results, ok_rows
+from orchestrator.reports.hardware import hardware_id
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024

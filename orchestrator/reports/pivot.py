@@ -9,7 +9,7 @@ rows in one cell are combined with --agg, mean by default). `--ratio A/B` adds, 
 combination of the other column axes, the column "A/B": the value under A divided by the value
 under B, where A and B are two values of one of the COLS axes (the speedup of cached over naive).
 A ratio divides two measurements only when every row under A and under B ran on one hardware
-identity (orchestrator/results/hardware.py); otherwise it is left empty and a note says why.
+identity (orchestrator/reports/hardware.py); otherwise it is left empty and a note says why.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from orchestrator.errors import QueryError
-from orchestrator.results.hardware import HARDWARE_COLUMNS, hardware_id
-from orchestrator.results.where import unknown_column
+from orchestrator.reports.hardware import HARDWARE_COLUMNS, hardware_id
+from orchestrator.reports.where import unknown_column
 
 COMBINE: dict[str, Callable[[list[float]], float]] = {
     "mean": statistics.fmean,

@@ -9,7 +9,7 @@ decode tokens/s per method, each method's speedup over naive, TTFT, peak memory,
 its greedy tokens matched naive's. Only the latest attempt of each cell counts.
 
 A speedup divides two measurements, so it is computed only when both ran on one hardware
-identity (orchestrator/results/hardware.py); otherwise the cell says "mixed hw" and a note
+identity (orchestrator/reports/hardware.py); otherwise the cell says "mixed hw" and a note
 names the hardware. Token matches are decided from `tokens_sha256` and `n_generated`; the
 generated ids are needed only to name the first mismatching token, and `fetch_ids` can supply
 them for just the mismatching cells (rows read without the `generated_ids` column).
@@ -22,8 +22,8 @@ from collections import Counter, OrderedDict
 
 from tabulate import tabulate
 
-from orchestrator.results.layout import fit, terminal_width
-from orchestrator.results.model_table import ROW_KEYS, FetchIds, ModelTable, build, where_text
+from orchestrator.reports.layout import fit, terminal_width
+from orchestrator.reports.model_table import ROW_KEYS, FetchIds, ModelTable, build, where_text
 from workers.record import Status
 
 

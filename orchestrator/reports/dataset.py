@@ -29,7 +29,7 @@ MIB = 1024 * 1024
 PEAK_COLUMN = "peak_bytes"
 PEAK_SOURCES = ("peak_allocated_bytes", "peak_rss_growth_bytes")
 LATEST_KEYS = ("job_name", "cell_id", "status", "finished_at", "attempt")
-# What the summary tables read (orchestrator/results/summary.py and hardware.py): no raw lists;
+# What the summary tables read (orchestrator/reports/summary.py and hardware.py): no raw lists;
 # `generated_ids` is fetched only for cells whose token hashes differ (ids_fetcher).
 SUMMARY_COLUMNS = (
     "run_id",

@@ -1,6 +1,6 @@
 """One model's summary table, built from its ok rows (plain dicts): key columns, decode tok/s
 per method, speedups over naive (only within one hardware identity), token matches, TTFT, peak
-memory and KV-cache size. `orchestrator.results.summary` groups rows by model and prints these.
+memory and KV-cache size. `orchestrator.reports.summary` groups rows by model and prints these.
 
     table = build("d[2,4]-h[128,256] (random init, seed 0)", rows, fetch_ids=None)
     table.columns   # layout.Column list; table.notes: lines printed under the table
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.results.hardware import hardware_id, legend, letters
-from orchestrator.results.layout import Column
+from orchestrator.reports.hardware import hardware_id, legend, letters
+from orchestrator.reports.layout import Column
 
 ROW_KEYS = ("batch_size", "prompt_len", "max_tokens")
 EXTRA_KEYS = ("dtype", "temperature", "top_k")

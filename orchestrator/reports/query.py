@@ -5,7 +5,7 @@
     query results/sweep --group-by method,batch_size --agg decode_tok_s:mean,ttft_ms:median
 
 Steps, in order: load (only the columns the query names; optionally only the latest attempt per
-cell, optionally with the run manifests joined), filter (`--where`, see orchestrator.results.where), group and aggregate
+cell, optionally with the run manifests joined), filter (`--where`, see orchestrator.reports.where), group and aggregate
 (`Table.group_by`), sort, limit, select columns. Every name is checked against the table first;
 a mistake is a QueryError (exit 2) listing the available columns. `query_results` checks the
 names against the files' footers first, reads only the columns the query uses, and hands a
@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError
-from orchestrator.results.dataset import PEAK_COLUMN, job_dirs, load_results, results_schema
-from orchestrator.results.where import column_list, parse_where, unknown_column
+from orchestrator.reports.dataset import PEAK_COLUMN, job_dirs, load_results, results_schema
+from orchestrator.reports.where import column_list, parse_where, unknown_column
 from orchestrator.run.manifest import manifest_table, read_manifests
 
 AGGREGATIONS: dict[str, str] = {  # name -> pyarrow hash aggregation

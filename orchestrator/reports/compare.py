@@ -25,7 +25,7 @@ the noise band of each line: the relative change, in percent, that a metric need
 100 * max(k * sqrt(sa^2 + sb^2) / |a|, min_change).
 
 Hardware: a line is compared only when its A and B rows ran on one hardware identity
-(orchestrator/results/hardware.py); otherwise it shows both values, no ratio, and `change` says
+(orchestrator/reports/hardware.py); otherwise it shows both values, no ratio, and `change` says
 "other hw" (`any_hardware=True`, `compare --any-hardware`, compares anyway).
 """
 
@@ -38,9 +38,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError, ResultsError
-from orchestrator.results.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
-from orchestrator.results.hardware import HARDWARE_COLUMNS, hardware_id
-from orchestrator.results.query import distinct
+from orchestrator.reports.dataset import PEAK_COLUMN, latest_attempts, load_results, ok_rows
+from orchestrator.reports.hardware import HARDWARE_COLUMNS, hardware_id
+from orchestrator.reports.query import distinct
 from orchestrator.run.storage import is_uri
 from workers.record import MODEL_KEYS, PARAM_KEYS
 
