@@ -31,16 +31,8 @@ PEAK_SOURCES = ("peak_allocated_bytes", "peak_rss_growth_bytes")
 LATEST_KEYS = ("job_name", "cell_id", "status", "finished_at", "attempt")
 # What the summary tables read (orchestrator/reports/summary.py and hardware.py): no raw lists;
 # `generated_ids` is fetched only for cells whose token hashes differ (ids_fetcher).
-SUMMARY_COLUMNS = (
-    "run_id",
-    "job_name",
-    "cell_id",
-    "attempt",
-    "status",
-    "error",
-    "will_retry",
-    "finished_at",
-    "method",
+# A summary row's setting apart from the method: rows equal on these are compared.
+SETTING_KEYS = (
     "batch_size",
     "prompt_len",
     "max_tokens",
@@ -51,6 +43,18 @@ SUMMARY_COLUMNS = (
     "model_checkpoint",
     "model_step",
     "model_seed",
+)
+SUMMARY_COLUMNS = (
+    "run_id",
+    "job_name",
+    "cell_id",
+    "attempt",
+    "status",
+    "error",
+    "will_retry",
+    "finished_at",
+    "method",
+    *SETTING_KEYS,
     "decode_tok_s",
     "ttft_ms",
     "peak_allocated_bytes",
@@ -171,7 +175,7 @@ def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[list[dict
 def _mismatching_cells(table: pa.Table) -> set[str]:
     """Cells of ok rows whose `tokens_sha256` differs from another ok row's of the same
     parameters apart from the method (a superset of the pairs the summary compares)."""
-    keys = [k for k in SUMMARY_COLUMNS[9:19] if k in table.column_names]  # batch_size..model_seed
+    keys = [k for k in SETTING_KEYS if k in table.column_names]
     if "tokens_sha256" not in table.column_names or "status" not in table.column_names:
         return set()
     ok = table.filter(pc.field("status") == Status.OK.value).filter(
