@@ -242,7 +242,8 @@ def _submit(args: argparse.Namespace) -> int:
         continue_run=args.continue_run,
         **results_cli.submit_options(args),
     )
-    print(results_cli.summary_text(outcome.rows, f"{job.name}: {outcome.job_dir}", args))
+    title = f"{job.name}: {outcome.job_dir}"
+    print(results_cli.summary_text(outcome.rows, title, args, outcome.job_dir))
     results_cli.after_submit(args, outcome.job_dir)
     log.info("%s", outcome.summary_line())
     return outcome.exit_code

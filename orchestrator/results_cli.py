@@ -28,7 +28,7 @@ from orchestrator.cli_help import with_epilog
 from orchestrator.errors import QueryError
 from orchestrator.reports import compare as compare_mod
 from orchestrator.reports import summary
-from orchestrator.reports.dataset import load_results, results_schema
+from orchestrator.reports.dataset import ids_fetcher, load_results, results_schema
 from orchestrator.reports.formats import FORMATS, render
 from orchestrator.reports.hardware import HARDWARE_COLUMNS
 from orchestrator.reports.pivot import COMBINE, PivotSpec, parse_ratio, pivot
@@ -129,36 +129,41 @@ def _wide_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def summary_text(rows: list[dict], title: str, args: argparse.Namespace | None = None) -> str:
+def summary_text(
+    rows: summary.Rows, title: str, args: argparse.Namespace | None = None, job_dir: Any = None
+) -> str:
     """The summary of `rows` as `summarize`/`submit` print it: fitted to the terminal, one line
     per row with --wide, or the table's data with --format csv/json/markdown (whose notes, such
-    as mixed hardware or mixed runs, go to stderr)."""
+    as mixed hardware or mixed runs, go to stderr). `job_dir`: where to read the generated ids
+    of the cells whose tokens differ, to name the first differing token."""
     fmt = getattr(args, "format", "table")
+    fetch = None if job_dir is None else ids_fetcher(job_dir)
     if fmt == "table":
-        return summary.render(rows, title=title, wide=bool(getattr(args, "wide", False)))
-    for note in summary.notes(rows):
+        wide = bool(getattr(args, "wide", False))
+        return summary.render(rows, title=title, wide=wide, fetch_ids=fetch)
+    for note in summary.notes(rows, fetch):
         print(note, file=sys.stderr)
-    return render(summary.records(rows), fmt)
+    return render(summary.records(rows, fetch), fmt)
 
 
 def print_summaries(
-    jobs: list[tuple[Any, list[dict], list[str]]], args: argparse.Namespace
+    jobs: list[tuple[Any, summary.Rows, list[str]]], args: argparse.Namespace
 ) -> None:
     """`summarize`: each job's (dir, rows, unreadable files) as tables, or as one csv/json/
     markdown document with a `job` column (notes and skipped files then go to stderr)."""
     fmt = getattr(args, "format", "table")
     if fmt == "table":
         for i, (job_dir, rows, bad_files) in enumerate(jobs):
-            print(("\n" if i else "") + summary_text(rows, str(job_dir), args))
+            print(("\n" if i else "") + summary_text(rows, str(job_dir), args, job_dir))
             _skipped(bad_files, sys.stdout)
         return
     records = []
     for job_dir, rows, bad_files in jobs:
         name = getattr(job_dir, "name", str(job_dir))
-        for note in summary.notes(rows):
+        for note in summary.notes(rows, ids_fetcher(job_dir)):
             print(f"{name}: {note}", file=sys.stderr)
         _skipped(bad_files, sys.stderr)
-        records += [{"job": name, **r} for r in summary.records(rows)]
+        records += [{"job": name, **r} for r in summary.records(rows, ids_fetcher(job_dir))]
     print(render(records, fmt))
 
 

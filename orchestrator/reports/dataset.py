@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import ResultsError
+from orchestrator.reports.combos import all_distinct
 from orchestrator.run.manifest import join_manifests, manifest_table, read_manifests
 from orchestrator.run.storage import Location, resolve
 from orchestrator.run.store import ResultStore
@@ -148,52 +149,13 @@ def results_schema(path: Path) -> pa.Schema:
     return schema
 
 
-def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[list[dict], list[str]]:
-    """(rows with the SUMMARY_COLUMNS, the files skipped) of one job; ResultsError when it
-    holds no readable rows (unless `allow_empty`). `finished_at` is ISO-like text (it sorts by
-    time; 100k datetime objects would cost more than the rest). Rows whose greedy tokens differ
-    from another method's in the same setting also get their `generated_ids` (read for those
-    cells only)."""
+def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[pa.Table, list[str]]:
+    """(the SUMMARY_COLUMNS of one job's rows, the files skipped); ResultsError when it holds no
+    readable rows (unless `allow_empty`: an empty table). No raw lists are read: pass
+    `ids_fetcher(job_dir)` to the summary to name the first differing token of a mismatch."""
     store = ResultStore(job_dir)
     loaded = store.read(SUMMARY_COLUMNS) if allow_empty else store.require_results(SUMMARY_COLUMNS)
-    if loaded.table is None:
-        return [], loaded.bad_files
-    table = loaded.table
-    for i, col in enumerate(table.columns):
-        if pa.types.is_timestamp(col.type):
-            table = table.set_column(i, table.field(i).name, col.cast(pa.string()))
-    wanted = _mismatching_cells(table)
-    rows = table.to_pylist()
-    if wanted:
-        ids = ids_fetcher(job_dir)(sorted(wanted))
-        for row in rows:
-            if row["cell_id"] in ids:
-                row["generated_ids"] = ids[row["cell_id"]]
-    return rows, loaded.bad_files
-
-
-def _mismatching_cells(table: pa.Table) -> set[str]:
-    """Cells of ok rows whose `tokens_sha256` differs from another ok row's of the same
-    parameters apart from the method (a superset of the pairs the summary compares)."""
-    keys = [k for k in SETTING_KEYS if k in table.column_names]
-    if "tokens_sha256" not in table.column_names or "status" not in table.column_names:
-        return set()
-    ok = table.filter(pc.field("status") == Status.OK.value).filter(
-        pc.field("tokens_sha256").is_valid()
-    )
-    if not ok.num_rows:
-        return set()
-    counts = ok.group_by(keys, use_threads=False).aggregate([("tokens_sha256", "count_distinct")])
-    if pc.max(counts["tokens_sha256_count_distinct"]).as_py() <= 1:
-        return set()  # the usual case: every method generated the same tokens
-    groups: dict[tuple, list[dict]] = {}
-    for row in ok.select(["cell_id", "tokens_sha256", *keys]).to_pylist():
-        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
-    out: set[str] = set()
-    for group in groups.values():
-        if len({r["tokens_sha256"] for r in group}) > 1:
-            out.update(r["cell_id"] for r in group)
-    return out
+    return (pa.table({}) if loaded.table is None else loaded.table), loaded.bad_files
 
 
 def ids_fetcher(job_dir: Path) -> Callable[[list[str]], dict[str, Any]]:
@@ -225,35 +187,39 @@ def with_peak_bytes(table: pa.Table) -> pa.Table:
     return table.append_column(PEAK_COLUMN, peak.cast(pa.int64()))
 
 
-def _rank(row: dict) -> tuple:
-    finished = row.get("finished_at")
-    return (
-        row.get("status") == Status.OK.value,
-        "" if finished is None else finished.isoformat(),
-        row.get("attempt") or 0,
-    )
-
-
 def latest_attempts(table: pa.Table) -> pa.Table:
-    """One row per (job_name, cell_id): an ok attempt wins, then the latest finished.
+    """One row per (job_name, cell_id): an ok attempt wins, then the latest finished, then the
+    highest attempt, then the first row; rows keep their order. Computed in Arrow (a sort only when some cell has
+    more than one row).
 
     >>> t = pa.table({"cell_id": ["a", "a", "b"], "status": ["ok", "error", "oom"],
     ...               "attempt": [1, 2, 1]})
     >>> latest_attempts(t).to_pydict()["status"]
     ['ok', 'oom']
     """
-    cols = [
-        c
-        for c in ("job_name", "cell_id", "status", "finished_at", "attempt")
-        if c in table.column_names
-    ]
-    best: dict[tuple, tuple[tuple, int]] = {}
-    for i, row in enumerate(table.select(cols).to_pylist()):
-        key = (row.get("job_name"), row.get("cell_id"))
-        rank = _rank(row)
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, i)
-    return table.take(sorted(i for _, i in best.values()))
+    keys = [c for c in ("job_name", "cell_id") if c in table.column_names]
+    if not keys or table.num_rows < 2:
+        return table
+    if all_distinct(table, keys):
+        return table  # the usual case: one attempt per cell
+    n = table.num_rows
+    ranks = {f"k{i}": pc.fill_null(pc.cast(table[k], pa.string()), "") for i, k in enumerate(keys)}
+    status = table["status"] if "status" in table.column_names else pa.nulls(n, pa.string())
+    ranks["ok"] = pc.fill_null(pc.equal(status, Status.OK.value), False)
+    for name in ("finished_at", "attempt"):
+        if name in table.column_names:
+            ranks[name] = table[name]
+    ranks["earlier"] = pa.array(range(n, 0, -1), pa.int64())  # on a tie the first row wins
+    ranked = pa.table(ranks)
+    order = pc.sort_indices(ranked, [(c, "ascending", "at_start") for c in ranked.column_names])
+    # the last row of each cell in that order is its latest attempt
+    sorted_keys = ranked.select([f"k{i}" for i in range(len(keys))]).take(order)
+    last = pa.array([False] * (n - 1) + [True])
+    for col in sorted_keys.columns:
+        values = col.combine_chunks()
+        differs = pc.not_equal(values.slice(0, n - 1), values.slice(1))
+        last = pc.or_(last, pa.concat_arrays([differs, pa.array([True])]))
+    return table.take(order.filter(last).sort())
 
 
 def ok_rows(table: pa.Table) -> list[dict]:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pyarrow as pa
+
+from orchestrator.reports.combos import combos
+
 # Each part of the identity: the first of these columns a row has (newest names first).
 ACCELERATOR_COLUMNS = ("accelerator_model", "gpu_name")
 CPU_COLUMNS = ("cpu_model",)
@@ -42,6 +46,12 @@ def hardware_id(row: dict) -> str:
     if node:
         text = f"{text} @ {node}" if text else f"@ {node}"
     return text or "?"
+
+
+def hardware_ids(table: pa.Table) -> pa.Array:
+    """`hardware_id` of every row of `table` (computed once per distinct machine)."""
+    codes, machines = combos(table, list(HARDWARE_COLUMNS))
+    return pa.array([hardware_id(m) for m in machines], pa.string()).take(codes)
 
 
 def letters(ids: Iterable[str]) -> dict[str, str]:

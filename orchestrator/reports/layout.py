@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 GAP = "  "
 MIN_WIDTH = 40
@@ -28,6 +32,16 @@ class Column:
     align: str = "right"  # or "left"
     wide: str = ""  # its header in the one-line (wide) form
     raw: list | None = None  # the values as numbers, for csv/json (default: the texts)
+
+    @cached_property
+    def width(self) -> int:
+        """Its widest text, name included (at least 1); measured once, laid out many times."""
+        return max(len(self.name), max(map(len, self.values), default=0), 1)
+
+    @cached_property
+    def array(self) -> pa.Array:
+        """The texts as an Arrow array (padded and joined into lines without a Python loop)."""
+        return pa.array(self.values, pa.string())
 
 
 def terminal_width() -> int:
@@ -47,7 +61,7 @@ def _groups(columns: list[Column]) -> list[list[Column]]:
 
 
 def _widths(group: list[Column]) -> list[int]:
-    widths = [max(len(c.name), *(len(v) for v in c.values), 1) for c in group]
+    widths = [c.width for c in group]
     span = sum(widths) + len(GAP) * (len(widths) - 1)
     widths[-1] += max(0, len(group[0].group) - span)  # a long group label widens its last column
     return widths
@@ -60,8 +74,7 @@ def block_width(groups: list[list[Column]]) -> int:
 
 def render_block(groups: list[list[Column]]) -> str:
     """One block: group line (if any group has a label), name line, dashes, rows."""
-    heads, names, dashes = [], [], []
-    rows: list[list[str]] = [[] for _ in groups[0][0].values]
+    heads, names, dashes, padded = [], [], [], []
     for group in groups:
         widths = _widths(group)
         span = sum(widths) + len(GAP) * (len(widths) - 1)
@@ -71,11 +84,14 @@ def render_block(groups: list[list[Column]]) -> str:
             pad = str.rjust if col.align == "right" else str.ljust
             names.append(pad(col.name, w))
             dashes.append("-" * w)
-            for row, value in zip(rows, col.values):
-                row.append(pad(value, w))
+            padder = pc.utf8_lpad if col.align == "right" else pc.utf8_rpad
+            padded.append(padder(col.array, w))  # a column at a time, in Arrow
     lines = [GAP.join(heads)] if any(h.strip() for h in heads) else []
-    lines += [GAP.join(names), GAP.join(dashes), *(GAP.join(r) for r in rows)]
-    return "\n".join(line.rstrip() for line in lines)
+    head = "\n".join(line.rstrip() for line in [*lines, GAP.join(names), GAP.join(dashes)])
+    if not padded or not len(padded[0]):
+        return head
+    rows = pc.utf8_rtrim_whitespace(pc.binary_join_element_wise(*padded, GAP))
+    return head + "\n" + "\n".join(rows.to_pylist())
 
 
 def fit(columns: list[Column], width: int | None = None) -> str:

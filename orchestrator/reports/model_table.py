@@ -1,23 +1,30 @@
-"""One model's summary table, built from its ok rows (plain dicts): key columns, decode tok/s
-per method, speedups over naive (only within one hardware identity), token matches, TTFT, peak
-memory and KV-cache size. `orchestrator.reports.summary` groups rows by model and prints these.
+"""One model's summary table, built from its ok rows (an Arrow table): key columns, decode
+tok/s per method, speedups over naive (only within one hardware identity), token matches, TTFT,
+peak memory and KV-cache size. `orchestrator.reports.summary` groups rows by model and prints
+these.
 
-    table = build("d[2,4]-h[128,256] (random init, seed 0)", rows, fetch_ids=None)
+    table = build("d[2,4]-h[128,256] (random init, seed 0)", rows, fetch=None)
     table.columns   # layout.Column list; table.notes: lines printed under the table
+
+The rows are pivoted into lines (orchestrator/reports/lines.py) and every column is computed
+from Arrow arrays over the lines; Python steps in only for the rare lines that need a message
+(a mismatch, mixed hardware).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.reports.hardware import hardware_id, legend, letters
-from orchestrator.reports.layout import Column
+import pyarrow as pa
+import pyarrow.compute as pc
 
-ROW_KEYS = ("batch_size", "prompt_len", "max_tokens")
-EXTRA_KEYS = ("dtype", "temperature", "top_k")
+from orchestrator.reports.hardware import legend
+from orchestrator.reports.layout import Column
+from orchestrator.reports.lines import BASELINE, HW, Lines, pivot
+from orchestrator.reports.numbers import MISSING, fixed, fixed_array
+
 # two-line names of the key columns in the terminal form ("batch" over "size")
 SHORT_KEYS = {
     "batch_size": ("batch", "size"),
@@ -25,28 +32,11 @@ SHORT_KEYS = {
     "max_tokens": ("max", "tokens"),
     "temperature": ("temp", ""),
 }
-METHOD_ORDER = ("naive", "cached", "cached_graph")
-BASELINE = "naive"  # speedups and token matches are against the oracle
 MIB = 1024 * 1024
 MIXED = "mixed hw"
 NOTE_EXAMPLES = 3  # rows named in a note before "and N more"
 # cell_ids -> {cell_id: generated_ids}: fetches the ids of mismatching cells only
 FetchIds = Callable[[list[str]], dict[str, Any]]
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _peak_mib(row: dict) -> float | None:
-    """Peak device memory allocated (GPU), else the process's peak RSS growth (CPU)."""
-    for key in ("peak_allocated_bytes", "peak_rss_growth_bytes"):
-        value = row.get(key)
-        if value is not None:
-            return value / MIB
-    return None
 
 
 def tokens_differ(a: dict, b: dict) -> bool | None:
@@ -59,24 +49,6 @@ def tokens_differ(a: dict, b: dict) -> bool | None:
         return None
     na, nb = a.get("n_generated"), b.get("n_generated")
     return a["tokens_sha256"] != b["tokens_sha256"] or (None not in (na, nb) and na != nb)
-
-
-def _match(naive: dict | None, other: dict | None, ids: dict[str, Any]) -> str:
-    if not naive or not other:
-        return "-"
-    if (naive.get("temperature") or 0) != 0:
-        return "n/a (sampled)"
-    differ = tokens_differ(naive, other)
-    if differ is None:
-        return "-"
-    if not differ:
-        return "yes"
-    pos = first_mismatch(_ids(naive, ids), _ids(other, ids))
-    return f"NO (from token {pos})" if pos is not None else "NO"
-
-
-def _ids(row: dict, fetched: dict[str, Any]) -> Any:
-    return fetched.get(row.get("cell_id")) or row.get("generated_ids")
 
 
 def first_mismatch(a: list | None, b: list | None) -> int | None:
@@ -94,6 +66,11 @@ def first_mismatch(a: list | None, b: list | None) -> int | None:
     return None
 
 
+def where_text(key: tuple, names: tuple[str, ...]) -> str:
+    short = {"batch_size": "b", "prompt_len": "p", "max_tokens": "n"}
+    return " ".join(f"{short.get(n, n)}={v}" for n, v in zip(names, key))
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelTable:
     """One model's table: its columns (key columns first) and the lines printed under it."""
@@ -105,154 +82,137 @@ class ModelTable:
     notes: list[str]
 
 
-def _methods(rows: list[dict]) -> list[str]:
-    methods = [m for m in METHOD_ORDER if any(r.get("method") == m for r in rows)]
-    return methods + sorted({str(r.get("method")) for r in rows} - set(methods))
+def _differing(t: Lines, method: str) -> pa.Array:
+    """Per line: whether naive's and `method`'s fingerprints say their tokens differ (null when
+    a fingerprint is missing)."""
+    sha_a, sha_b = t.field(BASELINE, "tokens_sha256"), t.field(method, "tokens_sha256")
+    n_a, n_b = t.field(BASELINE, "n_generated"), t.field(method, "n_generated")
+    other_length = pc.fill_null(pc.not_equal(n_a, n_b), False)
+    differ = pc.or_(pc.not_equal(sha_a, sha_b), other_length)
+    return pc.if_else(pc.and_(pc.is_valid(sha_a), pc.is_valid(sha_b)), differ, None)
 
 
-def _mismatched_ids(groups: Iterable[dict], versus: list[str], fetch: FetchIds | None) -> dict:
+def _mismatched_ids(t: Lines, fetch: FetchIds | None) -> dict:
     """The generated ids of the cells whose tokens differ from naive's (fetched once)."""
     if fetch is None:
         return {}
-    wanted: list[str] = []
-    for by_method in groups:
-        naive = by_method.get(BASELINE)
-        for m in versus:
-            other = by_method.get(m)
-            if naive and other and tokens_differ(naive, other):
-                wanted += [r["cell_id"] for r in (naive, other) if not r.get("generated_ids")]
-    return fetch(sorted(set(wanted))) if wanted else {}
+    wanted: set[str] = set()
+    for m in t.versus():
+        lines = pc.indices_nonzero(pc.fill_null(_differing(t, m), False)).to_pylist()
+        for method in (BASELINE, m):
+            cells, ids = t.field(method, "cell_id"), t.field(method, "generated_ids")
+            wanted.update(cells[i].as_py() for i in lines if not ids[i].as_py())
+    return fetch(sorted(wanted)) if wanted else {}
 
 
-def where_text(key: tuple, names: tuple[str, ...]) -> str:
-    short = {"batch_size": "b", "prompt_len": "p", "max_tokens": "n"}
-    return " ".join(f"{short.get(n, n)}={v}" for n, v in zip(names, key))
+def _match_texts(t: Lines, method: str, fetched: dict[str, Any]) -> list[str]:
+    both = pc.and_(t.ran(BASELINE), t.ran(method))
+    sampled = pc.fill_null(pc.not_equal(t.field(BASELINE, "temperature"), 0), False)
+    differ = _differing(t, method)
+    texts = pc.if_else(
+        pc.invert(both),
+        MISSING,
+        pc.if_else(sampled, "n/a (sampled)", pc.if_else(differ, "NO", "yes")),
+    )
+    texts = pc.fill_null(texts, MISSING).to_pylist()  # a missing fingerprint: no verdict
+    for line in pc.indices_nonzero(pc.equal(pa.array(texts), "NO")).to_pylist():
+        pos = first_mismatch(_ids(t, BASELINE, line, fetched), _ids(t, method, line, fetched))
+        texts[line] = f"NO (from token {pos})" if pos is not None else "NO"
+    return texts
 
 
-@dataclass
-class _Groups:
-    """One model's rows grouped by their key columns: {key: {method: row}}, and hardware."""
-
-    keys: tuple[str, ...]
-    groups: OrderedDict[tuple, dict]
-    methods: list[str]
-    hw: dict[int, str]  # id(row) -> hardware_id(row)
-    names: dict[str, str]  # hardware_id -> letter
-
-    def column(self, method: str, get: Callable[[dict], Any]) -> list:
-        return [None if g.get(method) is None else get(g[method]) for g in self.groups.values()]
-
-    def versus(self) -> list[str]:
-        """The methods compared with the naive oracle (none when naive did not run)."""
-        return [m for m in self.methods if m != BASELINE] if BASELINE in self.methods else []
+def _ids(t: Lines, method: str, line: int, fetched: dict[str, Any]) -> Any:
+    cell = t.field(method, "cell_id")[line].as_py()
+    return fetched.get(cell) or t.field(method, "generated_ids")[line].as_py()
 
 
-def _key_columns(t: _Groups) -> list[Column]:
+def _key_columns(t: Lines) -> list[Column]:
     cols = []
-    for i, k in enumerate(t.keys):
-        top, bottom = SHORT_KEYS.get(k, (k, ""))
-        vals = [key[i] for key in t.groups]
-        cols.append(
-            Column(
-                group=top,
-                name=bottom,
-                wide=k,
-                values=[_fmt_key(v) for v in vals],
-                raw=vals,
-                key=True,
-            )
-        )
-    if len(t.names) > 1:  # the hardware of each row, as letters (a legend follows the table)
-        per_row = [
-            "/".join(dict.fromkeys(t.names[t.hw[id(g[m])]] for m in t.methods if m in g))
-            for g in t.groups.values()
+    for name, values in zip(t.keys, t.key_columns):
+        top, bottom = SHORT_KEYS.get(name, (name, ""))
+        raw = values.to_pylist()
+        if pa.types.is_integer(values.type):  # the usual key column: formatted by Arrow
+            texts = pc.fill_null(pc.cast(values, pa.string()), MISSING).to_pylist()
+        else:
+            texts = [_fmt_key(v) for v in raw]
+        cols.append(Column(group=top, name=bottom, wide=name, values=texts, raw=raw, key=True))
+    if len(t.names) > 1:  # the hardware of each line, as letters (a legend follows the table)
+        per_method = [t.field(m, HW).to_pylist() for m in t.methods]
+        per_line = [
+            "/".join(dict.fromkeys(t.names[hw] for hw in line if hw is not None))
+            for line in zip(*per_method)
         ]
-        cols.append(Column(group="hw", name="", wide="hw", values=per_row, key=True, align="left"))
+        cols.append(Column(group="hw", name="", wide="hw", values=per_line, key=True, align="left"))
     return cols
 
 
-def _metric_columns(t: _Groups, group: str, get: Callable[[dict], Any], digits: int) -> list:
+def _metric_columns(t: Lines, group: str, values_of: Callable[[str], pa.Array], digits: int):
     cols = []
     for m in t.methods:
-        vals = t.column(m, get)
+        values = values_of(m)
+        texts = fixed(values, digits)
         cols.append(
-            Column(
-                group=group,
-                name=m,
-                wide=f"{group} {m}",
-                values=[_fmt(v, digits) for v in vals],
-                raw=vals,
-            )
+            Column(group=group, name=m, wide=f"{group} {m}", values=texts, raw=values.to_pylist())
         )
     return cols
 
 
-def _speedup(t: _Groups, method: str, single: bool) -> tuple[Column, str | None]:
-    """The speedup column of `method` over naive, and a note naming the mixed-hardware rows."""
-    texts, raw, mixed = [], [], []
-    for key, g in t.groups.items():
-        n, c = g.get(BASELINE), g.get(method)
-        if n and c and t.hw[id(n)] != t.hw[id(c)]:
-            texts.append(MIXED)
-            raw.append(None)
-            where = where_text(key, t.keys)
-            mixed.append(
-                f"{where} ({BASELINE} on {t.names[t.hw[id(n)]]}, "
-                f"{method} on {t.names[t.hw[id(c)]]})"
-            )
-            continue
-        a, b = (n or {}).get("decode_tok_s"), (c or {}).get("decode_tok_s")
-        ratio = b / a if a and b else None
-        texts.append("-" if ratio is None else f"{ratio:.2f}x")
-        raw.append(None if ratio is None else round(ratio, 4))
+def _speedup(t: Lines, method: str, single: bool) -> tuple[Column, str | None]:
+    """The speedup column of `method` over naive, and a note naming the mixed-hardware lines."""
+    hw_a, hw_b = t.field(BASELINE, HW), t.field(method, HW)
+    mixed = pc.fill_null(pc.not_equal(hw_a, hw_b), False)  # both ran, on different machines
+    a, b = t.field(BASELINE, "decode_tok_s"), t.field(method, "decode_tok_s")
+    usable = pc.and_(pc.and_(pc.not_equal(a, 0), pc.not_equal(b, 0)), pc.invert(mixed))
+    ratio = pc.if_else(pc.fill_null(usable, False), pc.divide(b, a), None)
+    texts = pc.binary_join_element_wise(fixed_array(ratio, 2), "x", "")  # null stays null
+    texts = pc.if_else(mixed, MIXED, pc.fill_null(texts, MISSING)).to_pylist()
+    raw = [None if r is None else round(r, 4) for r in ratio.to_pylist()]
+    notes = []
+    for line in pc.indices_nonzero(mixed).to_pylist():
+        where = where_text(t.key_row(line), t.keys)
+        left, right = t.names[hw_a[line].as_py()], t.names[hw_b[line].as_py()]
+        notes.append(f"{where} ({BASELINE} on {left}, {method} on {right})")
     if single:
         col = Column(group="", name="speedup", wide="speedup", values=texts, raw=raw)
     else:
         col = Column(
             group="speedup vs naive", name=method, wide=f"speedup {method}", values=texts, raw=raw
         )
-    note = None
-    if mixed:
-        more = f" and {len(mixed) - NOTE_EXAMPLES} more" if len(mixed) > NOTE_EXAMPLES else ""
-        note = (
-            f"{MIXED}: no {method} speedup where the two methods ran on different "
-            f"hardware: {'; '.join(mixed[:NOTE_EXAMPLES])}{more}"
-        )
-    return col, note
+    return col, _mixed_note(method, notes)
 
 
-def build(label: str, rows: list[dict], fetch: FetchIds | None) -> ModelTable:
-    extras = [k for k in EXTRA_KEYS if len({repr(r.get(k)) for r in rows}) > 1]
-    keys = (*ROW_KEYS, *extras)
-    groups: OrderedDict[tuple, dict] = OrderedDict()
-    for row in rows:
-        groups.setdefault(tuple(row.get(k) for k in keys), {})[row.get("method")] = row
-    hw = {id(r): hardware_id(r) for r in rows}
-    t = _Groups(keys, groups, _methods(rows), hw, letters(hw[id(r)] for r in rows))
+def _mixed_note(method: str, lines: list[str]) -> str | None:
+    if not lines:
+        return None
+    more = f" and {len(lines) - NOTE_EXAMPLES} more" if len(lines) > NOTE_EXAMPLES else ""
+    return (
+        f"{MIXED}: no {method} speedup where the two methods ran on different "
+        f"hardware: {'; '.join(lines[:NOTE_EXAMPLES])}{more}"
+    )
+
+
+def build(label: str, rows: pa.Table, fetch: FetchIds | None) -> ModelTable:
+    """The table of one model's ok rows (latest attempts, with the HW column)."""
+    t = pivot(rows)
     versus = t.versus()
     single = versus == ["cached"]  # one method against naive: plain "speedup", "tokens match"
-    ids = _mismatched_ids(groups.values(), versus, fetch)
-    cols = [*_key_columns(t), *_metric_columns(t, "decode tok/s", _get("decode_tok_s"), 1)]
+    ids = _mismatched_ids(t, fetch)
+    cols = [*_key_columns(t), *_metric_columns(t, "decode tok/s", _field(t, "decode_tok_s"), 1)]
     notes = []
     for m in versus:
         col, note = _speedup(t, m, single)
         cols.append(col)
         notes += [note] if note else []
     for m in versus:
-        texts = [_match(g.get(BASELINE), g.get(m), ids) for g in groups.values()]
         group, name = ("tokens", "match") if single else ("tokens match", m)
         wide = "tokens match" if single else f"tokens match {m}"
+        texts = _match_texts(t, m, ids)
         cols.append(Column(group=group, name=name, wide=wide, values=texts, align="left"))
-    cols += _metric_columns(t, "TTFT ms", _get("ttft_ms"), 2)
-    cols += _metric_columns(t, "peak MiB", _peak_mib, 1)
+    cols += _metric_columns(t, "TTFT ms", _field(t, "ttft_ms"), 2)
+    cols += _metric_columns(t, "peak MiB", lambda m: _peak_mib(t, m), 1)
     kv_method = next((m for m in t.methods if m != BASELINE), None)
     if kv_method:
-        vals = t.column(kv_method, _get("kv_cache_bytes", MIB))
-        cols.append(
-            Column(
-                group="KV", name="MiB", wide="KV MiB", values=[_fmt(v, 2) for v in vals], raw=vals
-            )
-        )
+        cols += [_kv_column(t, kv_method)]
     if len(t.names) > 1:
         notes += legend(t.names)
     only = next(iter(t.names)) if len(t.names) == 1 else None
@@ -261,10 +221,19 @@ def build(label: str, rows: list[dict], fetch: FetchIds | None) -> ModelTable:
     )
 
 
-def _row_hardware(t: _Groups) -> list[str]:
+def _kv_column(t: Lines, method: str) -> Column:
+    values = pc.divide(pc.cast(t.field(method, "kv_cache_bytes"), pa.float64()), MIB)
+    return Column(
+        group="KV", name="MiB", wide="KV MiB", values=fixed(values, 2), raw=values.to_pylist()
+    )
+
+
+def _row_hardware(t: Lines) -> list[str]:
+    if len(t.names) == 1:  # one machine ran everything
+        return [next(iter(t.names))] * len(t)
     out = []
-    for g in t.groups.values():
-        ids = {m: t.hw[id(g[m])] for m in t.methods if m in g}
+    for line in zip(*(t.field(m, HW).to_pylist() for m in t.methods)):
+        ids = {m: hw for m, hw in zip(t.methods, line) if hw is not None}
         distinct = set(ids.values())
         out.append(
             distinct.pop() if len(distinct) == 1 else "; ".join(f"{m}: {h}" for m, h in ids.items())
@@ -272,15 +241,18 @@ def _row_hardware(t: _Groups) -> list[str]:
     return out
 
 
-def _get(field: str, scale: float = 1.0) -> Callable[[dict], Any]:
-    def get(row: dict) -> Any:
-        value = row.get(field)
-        return None if value is None else value / scale if scale != 1.0 else value
+def _peak_mib(t: Lines, method: str) -> pa.Array:
+    """Peak device memory allocated (GPU), else the process's peak RSS growth (CPU), in MiB."""
+    device = pc.cast(t.field(method, "peak_allocated_bytes"), pa.float64())
+    process = pc.cast(t.field(method, "peak_rss_growth_bytes"), pa.float64())
+    return pc.divide(pc.coalesce(device, process), MIB)
 
-    return get
+
+def _field(t: Lines, name: str) -> Callable[[str], pa.Array]:
+    return lambda method: t.field(method, name)
 
 
 def _fmt_key(value: Any) -> str:
     if value is None:
-        return "-"
+        return MISSING
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,4 +1,4 @@
-"""Summary tables from result rows (plain dicts): one table per model.
+"""Summary tables from result rows (an Arrow table, or plain dicts): one table per model.
 
     print(render(rows, title="sweep"))              # fits the terminal (blocks of columns)
     print(render(rows, title="sweep", wide=True))   # one line per row, every column
@@ -7,6 +7,9 @@
 Rows are (batch_size, prompt_len, max_tokens) plus any other parameter that varies; columns are
 decode tokens/s per method, each method's speedup over naive, TTFT, peak memory, and whether
 its greedy tokens matched naive's. Only the latest attempt of each cell counts.
+
+The rows stay columnar until the tables' lines are formatted (orchestrator/reports/
+model_table.py): a 100k-cell job is summarized in about the time it takes to read it.
 
 A speedup divides two measurements, so it is computed only when both ran on one hardware
 identity (orchestrator/reports/hardware.py); otherwise the cell says "mixed hw" and a note
@@ -18,32 +21,40 @@ them for just the mismatching cells (rows read without the `generated_ids` colum
 from __future__ import annotations
 
 import textwrap
-from collections import Counter, OrderedDict
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from tabulate import tabulate
 
+from orchestrator.reports.combos import combos
+from orchestrator.reports.dataset import latest_attempts
+from orchestrator.reports.hardware import hardware_ids
 from orchestrator.reports.layout import fit, terminal_width
-from orchestrator.reports.model_table import ROW_KEYS, FetchIds, ModelTable, build, where_text
+from orchestrator.reports.lines import HW, ROW_KEYS
+from orchestrator.reports.model_table import FetchIds, ModelTable, build, where_text
 from workers.record import Status
 
+Rows = pa.Table | list[dict]  # as read (dataset.summary_rows), or dicts (tests, callers)
+MODEL_COLUMNS = ("model_tag", "model_checkpoint", "model_step", "model_seed")
 
-def latest_rows(rows: list[dict]) -> list[dict]:
+
+def as_table(rows: Rows) -> pa.Table:
+    """`rows` as an Arrow table (dicts: one column per key any row has)."""
+    if isinstance(rows, pa.Table):
+        return rows
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.table({name: pa.array([row.get(name) for row in rows]) for name in names})
+
+
+def latest_rows(rows: Rows) -> pa.Table:
     """The most recent attempt of each cell (an ok row wins over a later failed one)."""
-    best: dict[str, dict] = {}
-    for row in rows:
-        cid = row.get("cell_id")
-        cur = best.get(cid)
-        if cur is None or _rank(row) > _rank(cur):
-            best[cid] = row
-    return list(best.values())
+    return latest_attempts(as_table(rows))
 
 
-def _rank(row: dict) -> tuple:
-    return (
-        row.get("status") == Status.OK.value,
-        str(row.get("finished_at") or ""),
-        row.get("attempt") or 0,
-    )
+def _is_ok(table: pa.Table) -> pa.Array:
+    if "status" not in table.column_names:
+        return pa.array([False] * table.num_rows, pa.bool_())
+    return pc.fill_null(pc.equal(table["status"], Status.OK.value), False)
 
 
 def _model_label(row: dict) -> str:
@@ -53,16 +64,24 @@ def _model_label(row: dict) -> str:
     return f"{row.get('model_tag')} ({ckpt} step {row.get('model_step')})"
 
 
-def model_tables(rows: list[dict], fetch_ids: FetchIds | None = None) -> list[ModelTable]:
-    """One ModelTable per model, from the ok rows among the latest attempts."""
-    ok = [r for r in latest_rows(rows) if r.get("status") == Status.OK.value]
-    by_model: OrderedDict[str, list[dict]] = OrderedDict()
-    for row in sorted(ok, key=lambda r: (_model_label(r), *(r.get(k) or 0 for k in ROW_KEYS))):
-        by_model.setdefault(_model_label(row), []).append(row)
-    return [build(label, rs, fetch_ids) for label, rs in by_model.items()]
+def model_tables(rows: Rows, fetch_ids: FetchIds | None = None) -> list[ModelTable]:
+    """One ModelTable per model (by label), from the ok rows among the latest attempts."""
+    latest = latest_rows(rows)
+    ok = latest.filter(_is_ok(latest))
+    if not ok.num_rows:
+        return []
+    ok = ok.append_column(HW, hardware_ids(ok))
+    codes, models = combos(ok, list(MODEL_COLUMNS))
+    by_label: dict[str, list[int]] = {}
+    for code, combo in enumerate(models):
+        by_label.setdefault(_model_label(combo), []).append(code)
+    return [
+        build(label, ok.filter(pc.is_in(codes, pa.array(by_label[label], pa.int32()))), fetch_ids)
+        for label in sorted(by_label)
+    ]
 
 
-def records(rows: list[dict], fetch_ids: FetchIds | None = None) -> list[dict]:
+def records(rows: Rows, fetch_ids: FetchIds | None = None) -> list[dict]:
     """Every model table's rows as dicts (model, key columns, hardware, every metric column)."""
     out = []
     for table in model_tables(rows, fetch_ids):
@@ -100,10 +119,11 @@ FAILURE_HEADERS = (
 ERROR_LINES = 3  # lines of a failed cell's error in the terminal form
 
 
-def failure_table(rows: list[dict], width: int | None = None) -> str | None:
+def failure_table(rows: Rows, width: int | None = None) -> str | None:
     """The cells whose latest attempt did not succeed, or None: a table (errors cut to 100
     characters) when `width` is None, else two lines per cell fitted to `width`."""
-    failed = [r for r in latest_rows(rows) if r.get("status") != Status.OK.value]
+    latest = latest_rows(rows)
+    failed = latest.filter(pc.invert(_is_ok(latest))).to_pylist()
     if not failed:
         return None
     if width is None:
@@ -127,28 +147,37 @@ def failure_table(rows: list[dict], width: int | None = None) -> str | None:
     return "\n".join(out)
 
 
-def status_counts(rows: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in latest_rows(rows):
-        counts[row.get("status")] = counts.get(row.get("status"), 0) + 1
-    return counts
+def _value_counts(table: pa.Table, column: str) -> dict:
+    """{value: rows} of one column (nulls under None); {} when the column is missing."""
+    if column not in table.column_names:
+        return {}
+    counts = pc.value_counts(table[column]).to_pylist()
+    return {c["values"]: c["counts"] for c in counts}
 
 
-def runs_note(rows: list[dict]) -> str | None:
+def status_counts(rows: Rows) -> dict[str, int]:
+    latest = latest_rows(rows)
+    if "status" not in latest.column_names:
+        return {None: latest.num_rows} if latest.num_rows else {}
+    return _value_counts(latest, "status")
+
+
+def runs_note(rows: Rows) -> str | None:
     """A note when the latest attempts of the cells come from more than one run, else None.
 
     >>> runs_note([{"cell_id": "a", "run_id": "r1"}, {"cell_id": "b", "run_id": "r2"}])
     'note: these cells come from 2 runs: r1 (1 cell), r2 (1 cell)'
     """
-    counts = Counter(str(r.get("run_id")) for r in latest_rows(rows) if r.get("run_id"))
+    counts = {str(run): n for run, n in _value_counts(latest_rows(rows), "run_id").items() if run}
     if len(counts) < 2:
         return None
     parts = [f"{run} ({n} cell{'s' if n != 1 else ''})" for run, n in sorted(counts.items())]
     return f"note: these cells come from {len(counts)} runs: {', '.join(parts)}"
 
 
-def notes(rows: list[dict], fetch_ids: FetchIds | None = None) -> list[str]:
+def notes(rows: Rows, fetch_ids: FetchIds | None = None) -> list[str]:
     """The lines render() prints under the tables: mixed hardware, the legend, mixed runs."""
+    rows = as_table(rows)
     out = [note for table in model_tables(rows, fetch_ids) for note in table.notes]
     note = runs_note(rows)
     return [*out, note] if note else out
@@ -162,7 +191,7 @@ def _wrap(text: str, width: int | None) -> str:
 
 
 def render(
-    rows: list[dict],
+    rows: Rows,
     title: str | None = None,
     *,
     wide: bool = False,
@@ -172,6 +201,7 @@ def render(
     """All tables as one text block (for stdout): fitted to `width` (default: the terminal's
     columns) unless `wide`, which prints one line per row however long."""
     width = None if wide else (terminal_width() if width is None else width)
+    rows = latest_rows(rows)  # once: the steps below each take the latest attempts again
     parts = [f"== {title} =="] if title else []
     for table in model_tables(rows, fetch_ids):
         head = f"\nmodel {table.label}"
@@ -184,7 +214,11 @@ def render(
     if failures:
         parts.append(f"\ncells that did not succeed\n{failures}")
     counts = status_counts(rows)
-    parts.append("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + " (cells)")
+    parts.append(
+        "\n"
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda c: str(c[0])))
+        + " (cells)"
+    )
     note = runs_note(rows)
     if note:
         parts.append(_wrap(note, width))

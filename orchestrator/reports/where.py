@@ -268,7 +268,9 @@ class _Parser:
         if tok.kind == "name":
             self._take()
             if tok.text not in self.schema.names:
-                raise QueryError(f"--where {_quote(self.text)}: {unknown_column(tok.text, self.schema)}")
+                raise QueryError(
+                    f"--where {_quote(self.text)}: {unknown_column(tok.text, self.schema)}"
+                )
             typ = self.schema.field(tok.text).type
             if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_struct(typ):
                 raise QueryError(f"--where: column {tok.text!r} holds lists; it cannot be compared")
@@ -335,14 +337,17 @@ class _Parser:
             if pa.types.is_integer(typ) and isinstance(value, int):
                 low, high = _int_range(typ)
                 if not low <= value <= high:
-                    raise QueryError(f"--where: {name} holds {typ} values; {_short(value)} is "
-                                     f"outside [{low}, {high}]")
+                    raise QueryError(
+                        f"--where: {name} holds {typ} values; {_short(value)} is "
+                        f"outside [{low}, {high}]"
+                    )
             elif isinstance(value, int):
                 try:
                     float(value)
                 except OverflowError:
-                    raise QueryError(f"--where: {_short(value)} is too large to compare with "
-                                     f"{name}") from None
+                    raise QueryError(
+                        f"--where: {_short(value)} is too large to compare with {name}"
+                    ) from None
             return value
         if pa.types.is_null(typ):
             raise QueryError(f"--where: {name} is empty in every row; use '{name} is null'")
