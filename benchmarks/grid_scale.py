@@ -72,12 +72,12 @@ def planning(runs: int) -> str:
     """Streamed resume planning of a 1M-cell job against an empty history, in a subprocess."""
     code = textwrap.dedent("""\
         import resource, sys, time
-        from orchestrator.run.plan import plan_cells
-        from orchestrator.spec.grid import count_cells, iter_cells
+        from orchestrator.run.plan import plan_job
+        from orchestrator.spec.grid import count_cells
         from orchestrator.spec.job import load_job_spec
         job = load_job_spec(sys.argv[1], ["grid.batch_size=[1,2,3,4,5]"])
         t0 = time.perf_counter()
-        plan = plan_cells(iter_cells(job), {})
+        plan = plan_job(job, {})  # as submit plans: every cell is to run, so every one is built
         dt = time.perf_counter() - t0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{count_cells(job):,} cells, {len(plan.todo):,} to run: {dt:.1f} s, "

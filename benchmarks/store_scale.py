@@ -6,9 +6,9 @@
 For each N it writes a job of N realistic rows into a scratch directory, then times each
 operation in a fresh Python process (wall time, and the peak RSS of that process from wait4):
 
-    plan       load the spec, read the store's cell history, stream the grid through plan_cells
-               (what a re-submit of a finished job does before deciding there is nothing to run;
-               the last column splits it: spec load / history read / grid + plan)
+    plan       load the spec, read the store's cell history, plan_job: the job's cell ids against
+               it (what a re-submit of a finished job does before deciding there is nothing to
+               run; the last column splits it: spec load / history read / grid + plan)
     summarize  python -m orchestrator summarize DIR          (output to /dev/null)
     query      python -m orchestrator query DIR --where "status = 'ok'" --limit 5
     duckdb     SELECT * FROM read_parquet('DIR/part-*.parquet', union_by_name=true), materialised
@@ -66,17 +66,15 @@ workers: {{cpu_workers: 1}}
 PLAN = """\
 import json, sys, time
 t0 = time.perf_counter()
-from orchestrator.run.plan import plan_cells
+from orchestrator.run.plan import plan_job
 from orchestrator.run.store import ResultStore
-from orchestrator.spec import grid
 from orchestrator.spec.job import load_job_spec
 t1 = time.perf_counter()
 job = load_job_spec(sys.argv[1])
 t2 = time.perf_counter()
 history = ResultStore(sys.argv[2]).cell_history()
 t3 = time.perf_counter()
-cells = grid.iter_cells(job) if hasattr(grid, "iter_cells") else grid.expand_cells(job)
-plan = plan_cells(cells, history)  # as submit does: the grid streamed against the history
+plan = plan_job(job, history)  # what submit does: the job's cell ids against the history
 t4 = time.perf_counter()
 assert not plan.todo and plan.skipped_ok == len(history), (len(plan.todo), plan.skipped_ok)
 print(json.dumps({"import": t1 - t0, "spec": t2 - t1, "history": t3 - t2, "plan": t4 - t3}))

@@ -3,6 +3,7 @@ cell_id stability."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tracemalloc
 
@@ -20,11 +21,12 @@ from orchestrator.spec.grid import (
     cell_id,
     count_cells,
     expand_cells,
+    iter_cell_ids,
     iter_cells,
     parse_condition,
     too_long,
 )
-from orchestrator.spec.job import GridSpec, JobSpec, ModelSpec, parse_job_spec
+from orchestrator.spec.job import GridSpec, JobSpec, MeasureSpec, ModelSpec, parse_job_spec
 from orchestrator.spec.overrides import apply_overrides
 from orchestrator.spec.source import Document
 
@@ -264,6 +266,40 @@ def test_lazy_stream_count_and_length_check_equal_a_full_expansion(spec):
     assert (first is None) == (not long)
     if first is not None:
         assert first.cell_id in {c.cell_id for c in long}
+
+
+@st.composite
+def id_jobs(draw) -> JobSpec:
+    """lazy_jobs with int and float temperatures, top_k and dtype (zipped or not) and measure
+    settings whose JSON needs escaping."""
+    spec = draw(lazy_jobs())
+    values = st.lists(st.sampled_from([0, 0.5, 1, 2.5]), min_size=1, max_size=3, unique=True)
+    axes = {**spec.grid.axes, "temperature": tuple(draw(values))}
+    top_k = tuple(draw(st.lists(st.sampled_from([None, 3, 7]), min_size=1, max_size=3,
+                                unique=True)))
+    dtypes = tuple(draw(st.permutations(["float32", "float16", "bfloat16"]))[:len(top_k)])
+    zips = spec.grid.zip
+    if draw(st.booleans()):
+        zips = (*zips, {"top_k": top_k, "dtype": dtypes})
+    else:
+        axes.update(top_k=top_k, dtype=dtypes)
+    measure = MeasureSpec(prompt=draw(st.sampled_from([None, 'say "50% of %s" \u00e9\u4e2d'])),
+                          seed=draw(st.integers(0, 2**40)),
+                          memory_budget_bytes=draw(st.sampled_from([None, 10**9])))
+    grid = dataclasses.replace(spec.grid, axes=axes, zip=zips)
+    return dataclasses.replace(spec, grid=grid, measure=measure, profile=draw(st.booleans()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(id_jobs())
+def test_streamed_cell_ids_are_the_plain_hash_of_each_cell_in_stream_order(spec):
+    expected = reference_cells(spec)
+    streamed = list(iter_cell_ids(spec))
+    assert [cid for cid, _ in streamed] == [cell_id(c.params(), c.model.identity())
+                                            for c in expected]
+    built = [build() for _, build in streamed]
+    assert built == expected
+    assert [c.cell_id for c in built] == [cid for cid, _ in streamed]
 
 
 HUGE = {  # 100 x 100 x 100 x 10 x 2 methods = 20M grid cells, 12M kept (batch_size <= 60)

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.run.manifest import Invocation, read_manifests
-from orchestrator.run.plan import CellState, cell_state, plan_cells
+from orchestrator.run.plan import CellState, cell_state, plan_cells, plan_job
 from orchestrator.run.store import ResultStore
 from orchestrator.run.submit import SubmitOutcome, resume_command, submit_job
 from orchestrator.spec.grid import CellSpec, iter_cells
@@ -82,6 +82,59 @@ def test_plan_per_mode_from_stored_rows(tmp_path):
     fresh = plan_cells(grid, history, mode="all")
     assert len(fresh.todo) == 4 and fresh.skipped == 0
     assert fresh.first_attempt[ok.cell_id] == 2
+
+
+SMALL_JOB = """\
+name: small
+model: {tag: "d[2]-h[64]", head_dim: 32, sequence_len: 64}
+grid: {batch_size: [1, 2, 3], prompt_len: [8, 16], max_tokens: [4]}
+exclude: [{batch_size: 3, method: naive}]
+include: [{batch_size: 5, prompt_len: 8, max_tokens: 4, method: cached}]
+"""
+# each cell's rows (attempt, status, will_retry), in the order written
+SMALL_ROWS = [
+    [(1, "ok", None)],
+    [(1, "ok", None), (2, "error", None)],  # an ok row, then a --fresh run that failed
+    [(1, "error", True), (2, "oom", False)],
+    [(1, "error", True)],
+    [(2, "ok", None), (1, "error", None)],  # written out of order
+    [(1, "timeout", None), (2, "error", True)],
+]
+
+
+def test_plan_job_equals_plan_cells_over_plain_rows(tmp_path):
+    """The submit's planning (cell ids streamed, the store's CellHistory) decides as planning
+    the built cells against plain dicts of rows, in every mode, continuing a run or not."""
+    spec = tmp_path / "small.yaml"
+    spec.write_text(SMALL_JOB)
+    job = load_job_spec(str(spec))
+    grid = list(iter_cells(job))
+    assert len(grid) == 11  # 3 x 2 x 2, less 2 excluded, plus 1 included
+    store = ResultStore(tmp_path / "small")
+    plain: dict[str, list[dict]] = {}
+    for cell, rows in zip(grid, SMALL_ROWS):
+        for attempt, status, will_retry in rows:
+            r = row(cell, attempt, status, will_retry)
+            r["run_id"] = "r2" if attempt == 2 else "r1"
+            store.write(r)
+            plain.setdefault(cell.cell_id, []).append(r)
+    history = store.cell_history()
+    assert len(history) == len(plain) == 6 and set(history) == set(plain)
+    assert history.get("nope") is None and grid[-1].cell_id not in history
+    for cid, rows in plain.items():
+        assert [(r["attempt"], r["status"]) for r in history[cid]] == sorted(
+            (r["attempt"], r["status"]) for r in rows)
+    r2 = {cid: [r for r in rows if r["run_id"] == "r2"] for cid, rows in plain.items()}
+    for mode in ("resume", "failed", "all"):
+        for continuing in (None, r2):
+            fast = plan_job(job, store.cell_history(), mode=mode, continuing=continuing)
+            slow = plan_cells(iter_cells(job), plain, mode=mode, continuing=continuing)
+            assert [c.cell_id for c in fast.todo] == [c.cell_id for c in slow.todo]
+            assert fast.todo == slow.todo
+            assert (fast.skipped_ok, fast.skipped_failed, fast.first_attempt) == (
+                slow.skipped_ok, slow.skipped_failed, slow.first_attempt), (mode, continuing)
+    fresh = plan_job(job, store.cell_history(), mode="all")
+    assert fresh.first_attempt == {c.cell_id: len(rows) + 1 for c, rows in zip(grid, SMALL_ROWS)}
 
 
 def test_summary_line_counts():

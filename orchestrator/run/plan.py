@@ -13,11 +13,13 @@ Each cell of the job is in one of three states, decided by its rows (matched by 
     failed    unfinished + failed           ok                      (submit --rerun failed)
     all       every cell                    nothing                 (submit --fresh)
 
-    plan = plan_cells(iter_cells(job), store.cell_history(), mode="resume")
+    plan = plan_job(job, store.cell_history(), mode="resume")
     plan.todo, plan.skipped_ok, plan.skipped_failed
 
-`cells` is consumed as a stream: memory grows with the cells to run and the history, not with
-the job. Earlier rows are never deleted; a re-run cell continues its attempt numbering.
+The job's cell ids are streamed (orchestrator/spec/grid.py `iter_cell_ids`) against the history
+(orchestrator/run/history.py), and only the cells to run are built: memory grows with the cells
+to run and the history, not with the job. Earlier rows are never deleted; a re-run cell
+continues its attempt numbering. `plan_cells` plans given cells the same way.
 
 Continuing an interrupted run (`submit --continue-run RUN_ID`, `continuing=` its rows): the
 cells that run was to run (its mode applied to the rows that are not its own) and has not
@@ -30,13 +32,17 @@ A cell that never ran because no worker was left has no row (the driver reports 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from orchestrator.spec.grid import CellSpec
+from orchestrator.run.history import CellHistory
+from orchestrator.spec.grid import CellSpec, iter_cell_ids
 from workers.record import Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchestrator.spec.job import JobSpec
 
 RerunMode = Literal["resume", "failed", "all"]
 
@@ -94,30 +100,64 @@ MODES: dict[str, set[CellState]] = {
 }
 
 
-def plan_cells(
-    cells: Iterable[CellSpec],
-    history: dict[str, list[dict]],
+def plan_job(
+    job: JobSpec,
+    history: Mapping[str, list[dict]],
     *,
     mode: RerunMode = "resume",
     continuing: dict[str, list[dict]] | None = None,
 ) -> ResumePlan:
-    """Split `cells` by their rows in `history` (cell_id -> rows) according to `mode`; with
-    `continuing` (cell_id -> the rows of one earlier run), only what that run left undone."""
+    """What a submit of `job` runs: its cells split by their rows in `history` (a CellHistory,
+    or cell_id -> rows) according to `mode`; with `continuing` (cell_id -> the rows of one
+    earlier run), only what that run left undone. Only the cells to run are built."""
+    return _plan(iter_cell_ids(job), CellHistory.of(history), mode, continuing)
+
+
+def plan_cells(
+    cells: Iterable[CellSpec],
+    history: Mapping[str, list[dict]],
+    *,
+    mode: RerunMode = "resume",
+    continuing: dict[str, list[dict]] | None = None,
+) -> ResumePlan:
+    """`plan_job` for the given `cells` instead of a job's."""
+    given = ((cell.cell_id, _returning(cell)) for cell in cells)
+    return _plan(given, CellHistory.of(history), mode, continuing)
+
+
+def _returning(cell: CellSpec) -> Callable[[], CellSpec]:
+    return lambda: cell
+
+
+def state_of(history: CellHistory, cell_id: str) -> CellState:
+    """`cell_state` of the cell's rows in `history` (an ok cell's rows are not looked at)."""
+    return CellState.OK if cell_id in history.ok else cell_state(history.rows(cell_id))
+
+
+def _plan(
+    cells: Iterable[tuple[str, Callable[[], CellSpec]]],
+    history: CellHistory,
+    mode: RerunMode,
+    continuing: dict[str, list[dict]] | None,
+) -> ResumePlan:
+    """The plan for `cells`, given as (cell_id, a function that builds the cell)."""
     runs = MODES[mode]
     todo: list[CellSpec] = []
     first_attempt: dict[str, int] = {}
     skipped_ok = skipped_failed = 0
-    for cell in cells:
-        rows = history.get(cell.cell_id, ())
-        if continuing is None:
-            selected = cell_state(rows) in runs
+    for cid, build in cells:
+        state = state_of(history, cid)
+        own = continuing.get(cid) if continuing else None
+        if own:  # without rows of its own, _left_undone(rows, [], runs) is `state in runs`
+            selected = _left_undone(history.rows(cid), own, runs)
         else:
-            selected = _left_undone(rows, continuing.get(cell.cell_id, ()), runs)
+            selected = state in runs
         if selected:
-            todo.append(cell)
-            if rows:
-                first_attempt[cell.cell_id] = max(r.get("attempt") or 0 for r in rows) + 1
-        elif cell_state(rows) is CellState.OK:
+            todo.append(build())
+            attempt = history.next_attempt(cid)
+            if attempt is not None:
+                first_attempt[cid] = attempt
+        elif state is CellState.OK:
             skipped_ok += 1
         else:
             skipped_failed += 1

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import ResultsError
 from orchestrator.run import storage
+from orchestrator.run.history import CellHistory
 from orchestrator.run.storage import Location
 from workers.record import Status
 
@@ -370,33 +371,10 @@ class ResultStore:
         expr = pc.field("cell_id").isin(pa.array(sorted(set(cell_ids)), type=pa.string()))
         return self.read(wanted, expr)
 
-    def cell_history(self) -> dict[str, list[dict]]:
-        """cell_id -> its rows' (attempt, status, will_retry, finished_at), oldest first.
-
-        `finished_at` is ISO-like text ('2026-01-01 00:00:01.000Z', which sorts by time):
-        turning 100k timestamps into datetime objects would be most of a resume's planning."""
-        table = self.read(HISTORY_COLUMNS).table
-        history: dict[str, list[dict]] = {}
-        if table is None:
-            return history
-        cols = {
-            name: (col.cast(pa.string()) if pa.types.is_timestamp(col.type) else col).to_pylist()
-            for name, col in zip(table.column_names, table.columns)
-        }
-        names = list(cols)
-        for values in zip(*cols.values()):
-            row = dict(zip(names, values))
-            history.setdefault(row["cell_id"], []).append(row)
-        for rows in history.values():
-            if len(rows) > 1:
-                rows.sort(
-                    key=lambda r: (
-                        r.get("finished_at") is None,
-                        r.get("finished_at"),
-                        r.get("attempt") or 0,
-                    )
-                )
-        return history
+    def cell_history(self) -> CellHistory:
+        """cell_id -> its rows' (attempt, status, will_retry, finished_at), oldest first, as a
+        CellHistory (orchestrator/run/history.py: no dicts for the cells with an ok row)."""
+        return CellHistory.from_table(self.read(HISTORY_COLUMNS).table)
 
     def ok_cell_ids(self) -> set[str]:
         """Cells that already have an ok row (skipped on resume)."""

@@ -26,7 +26,7 @@ from orchestrator.errors import ClusterError, Interrupted, SpecError, StorageErr
 from orchestrator.reports.dataset import summary_rows
 from orchestrator.run.compact import compact_after_submit
 from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs, read_manifests
-from orchestrator.run.plan import CellState, cell_state, plan_cells
+from orchestrator.run.plan import CellState, plan_job, state_of
 from orchestrator.run.progress import LineProgress, Progress, reporting
 from orchestrator.run.storage import resolve, storage_errors
 from orchestrator.run.store import ResultStore
@@ -36,7 +36,7 @@ from orchestrator.spec.grid import (
     CellSpec,
     cell_limit_error,
     count_cells,
-    iter_cells,
+    iter_cell_ids,
 )
 from orchestrator.spec.job import JobSpec
 
@@ -194,7 +194,7 @@ def submit_job(
         store.recover()  # a compaction killed midway: finish or undo it (run/compact.py)
         mode = "all" if fresh else "failed" if rerun_failed else "resume"
         continuing = _run_history(store, continue_run) if continue_run else None
-        plan = plan_cells(iter_cells(job), store.cell_history(), mode=mode, continuing=continuing)
+        plan = plan_job(job, store.cell_history(), mode=mode, continuing=continuing)
         todo = plan.todo
         log.info(
             "job %s: %d cells, %d already ok (skipped), %d to run; results in %s",
@@ -225,15 +225,14 @@ def submit_job(
         compact_after_submit(store)
     finally:
         store.unlock()
-    # the job's cells streamed again against the rows: memory follows the rows, not the job
+    # the job's cell ids streamed again against the rows: memory follows the rows, not the job
     history = store.cell_history()
     states = {s: 0 for s in CellState}
     ids = set()
-    for cell in iter_cells(job):
-        rows_of_cell = history.get(cell.cell_id, ())
-        states[cell_state(rows_of_cell)] += 1
-        if rows_of_cell:
-            ids.add(cell.cell_id)
+    for cid, _ in iter_cell_ids(job):
+        states[state_of(history, cid)] += 1
+        if cid in history:  # it has rows
+            ids.add(cid)
     rows = [r for r in summary_rows(job_dir, allow_empty=True)[0] if r.get("cell_id") in ids]
     failed = states[CellState.FAILED] + max(0, states[CellState.UNFINISHED] - not_run)
     return SubmitOutcome(

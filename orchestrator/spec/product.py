@@ -15,6 +15,8 @@ the walk itself.
 ...             [{"a": lambda v: v >= 2, "b": lambda v: v == 20}])
 >>> p.count(), [(c["a"], c["b"]) for c in p.cells()]
 (4, [(1, 10), (1, 20), (2, 10), (3, 10)])
+>>> list(p.indices()), p.values((2, 0))  # the same cells as row indices, one per factor
+([(0, 0), (0, 1), (1, 0), (2, 0)], {'a': 3, 'b': 10})
 >>> p.contains({"a": 2, "b": 20}), p.contains({"a": 2, "b": 10}), p.contains({"a": 9, "b": 10})
 (False, True, False)
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,32 +85,42 @@ class Product:
         return self._count(self.full, tuple(range(len(self.factors))))
 
     # -- walking ----------------------------------------------------------------------------
+    def walk(self, payloads: Sequence[Sequence] | None = None) -> Iterator[tuple]:
+        """Every kept cell in product order (last factor fastest), as the tuple of
+        `payloads[j][i]` for its row i of each factor j; by default the row indices."""
+        if payloads is None:
+            payloads = [range(len(f.rows)) for f in self.factors]
+        if self.factors:
+            yield from self._walk(payloads, 0, self.full, ())
+
+    def indices(self) -> Iterator[tuple[int, ...]]:
+        """Every kept cell as the index of its row in each factor, in product order."""
+        return self.walk()
+
     def cells(self) -> Iterator[dict]:
         """Every kept cell as {axis: value}, in product order (last factor fastest)."""
-        if self.factors:
-            yield from self._walk(0, self.full, {})
+        return map(self.values, self.walk())
 
-    def _walk(self, j: int, state: int, values: dict) -> Iterator[dict]:
+    def values(self, index: tuple[int, ...]) -> dict:
+        """The cell at `index` (a row index per factor) as {axis: value}."""
+        cell: dict = {}
+        for f, i in zip(self.factors, index):
+            cell.update(zip(f.axes, f.rows[i]))
+        return cell
+
+    def _walk(self, payloads: Sequence[Sequence], j: int, state: int, prefix: tuple) -> Iterator:
         if state == 0:  # no rule can exclude a cell below here: a plain product (fast)
-            yield from self._plain(j, values)
+            plain = itertools.product(*payloads[j:])
+            yield from (prefix + tail for tail in plain) if prefix else plain
             return
-        f, last = self.factors[j], j == len(self.factors) - 1
         rest = tuple(range(j + 1, len(self.factors)))
-        for row, mask in zip(f.rows, self.masks[j]):
+        for payload, mask in zip(payloads[j], self.masks[j]):
             s = state & mask
-            if last:
+            if not rest:
                 if s == 0:
-                    yield {**values, **dict(zip(f.axes, row))}
+                    yield (*prefix, payload)
             elif s == 0 or self._count(s, rest):  # skip branches with no kept cell
-                yield from self._walk(j + 1, s, {**values, **dict(zip(f.axes, row))})
-
-    def _plain(self, j: int, values: dict) -> Iterator[dict]:
-        rest = self.factors[j:]
-        axes = [a for f in rest for a in f.axes]
-        for combo in itertools.product(*(f.rows for f in rest)):
-            cell = dict(values)
-            cell.update(zip(axes, itertools.chain.from_iterable(combo)))
-            yield cell
+                yield from self._walk(payloads, j + 1, s, (*prefix, payload))
 
     def contains(self, values: dict) -> bool:
         """Whether the cell `values` ({axis: value}, every axis) is a kept cell."""
