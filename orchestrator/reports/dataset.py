@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import ResultsError
-from orchestrator.reports.combos import all_distinct
 from orchestrator.run.manifest import join_manifests, manifest_table, read_manifests
 from orchestrator.run.storage import Location, resolve
 from orchestrator.run.store import ResultStore
@@ -200,7 +199,7 @@ def latest_attempts(table: pa.Table) -> pa.Table:
     keys = [c for c in ("job_name", "cell_id") if c in table.column_names]
     if not keys or table.num_rows < 2:
         return table
-    if all_distinct(table, keys):
+    if table.select(keys).group_by(keys, use_threads=False).aggregate([]).num_rows == len(table):
         return table  # the usual case: one attempt per cell
     n = table.num_rows
     ranks = {f"k{i}": pc.fill_null(pc.cast(table[k], pa.string()), "") for i, k in enumerate(keys)}
