@@ -22,6 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from orchestrator.errors import ClusterError, Interrupted, SpecError, StorageError, UsageError
 from orchestrator.reports.dataset import summary_rows
 from orchestrator.run.compact import compact_after_submit
@@ -59,7 +62,7 @@ class SubmitOutcome:
     skipped: int
     ran: int
     failed: int
-    rows: list[dict]
+    rows: pa.Table  # the job's cells' rows, summary columns (orchestrator/reports/dataset.py)
     wall_s: float
     skipped_failed: int = 0
     not_run: int = 0
@@ -233,7 +236,7 @@ def submit_job(
         states[state_of(history, cid)] += 1
         if cid in history:  # it has rows
             ids.add(cid)
-    rows = [r for r in summary_rows(job_dir, allow_empty=True)[0] if r.get("cell_id") in ids]
+    rows = _rows_of_cells(summary_rows(job_dir, allow_empty=True)[0], ids)
     failed = states[CellState.FAILED] + max(0, states[CellState.UNFINISHED] - not_run)
     return SubmitOutcome(
         job_dir=job_dir,
@@ -246,6 +249,13 @@ def submit_job(
         skipped_failed=plan.skipped_failed,
         not_run=min(not_run, states[CellState.UNFINISHED]),
     )
+
+
+def _rows_of_cells(table: pa.Table, cell_ids: set[str]) -> pa.Table:
+    """The rows of `table` that belong to `cell_ids` (the job's cells, not a renamed axis's)."""
+    if not cell_ids or "cell_id" not in table.column_names:
+        return table.slice(0, 0)
+    return table.filter(pc.is_in(table["cell_id"], pa.array(sorted(cell_ids), pa.string())))
 
 
 def _previous_run(job_dir: Any, run_id: str) -> dict:
