@@ -16,7 +16,6 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 import pyarrow as pa
-from tabulate import tabulate
 
 Format = Literal["table", "csv", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown")
@@ -83,6 +82,8 @@ def _text_table(names: list[str], rows: list[dict], tablefmt: str) -> str:
         else "left"
         for i in range(len(names))
     ]
+    from tabulate import tabulate  # ~60 ms to import: only for the table and markdown forms
+
     return tabulate(
         [[_cell_text(v) for v in line] for line in body],
         headers=names,
