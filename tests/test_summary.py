@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from orchestrator.reports import summary
 from orchestrator.run.store import ResultStore
-from tests.results_data import GRID, make_record
+from tests.results_data import GRID, decode_tok_s, make_record
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("naive", "cached", "cached_graph")
@@ -262,3 +265,37 @@ def test_a_results_root_in_a_machine_format_is_one_document(tmp_path):
     assert {r["job"] for r in rows} == {"sweep", "other"} and len(rows) == 6 + 4
     text = summarize(tmp_path)
     assert text.stdout.count("model d[2]-h[64]") == 2 and "\n\n== " in text.stdout
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=64)),
+        max_size=40,
+    ),
+    digits=st.integers(min_value=0, max_value=4),
+)
+def test_table_numbers_are_exactly_pythons_formatting(values, digits):
+    """The Arrow formatting of table numbers (a decimal cast, thousands separators) writes
+    what f"{v:,.{digits}f}" writes, for any float, ties, -0.0, NaN and huge values included."""
+    from orchestrator.reports.numbers import fixed
+
+    ties = [0.15, 2.675, 1.125, -0.0, -0.04, 999.95, 1e16 + 0.5, 123456789.125]
+    values = values + ties
+    want = ["-" if v is None else f"{v:,.{digits}f}" for v in values]
+    assert fixed(values, digits) == want
+
+
+def test_a_summary_of_an_arrow_table_equals_that_of_its_rows_as_dicts():
+    """summary_rows gives an Arrow table; callers may pass dicts: one summary either way, with
+    the latest attempt of a retried cell and an ok row winning over a later failure."""
+    import pyarrow as pa
+
+    rows = [make_record(m, b, p) for m, b, p in GRID]
+    rows.append(make_record("cached", 1, 32, status="error", attempt=2, minute=9))
+    rows.append(make_record("naive", 4, 32, attempt=2, minute=9, scale=2.0))
+    as_dicts = summary.render(rows, width=100)
+    assert summary.render(pa.Table.from_pylist(rows), width=100) == as_dicts
+    line = next(x for x in as_dicts.splitlines() if x.split()[:2] == ["4", "32"])
+    assert line.split()[3] == f"{decode_tok_s('naive', 4, 32) * 2:,.1f}"  # attempt 2 counts
+    assert "8 ok (cells)" in as_dicts and "error" not in as_dicts

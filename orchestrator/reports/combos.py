@@ -1,12 +1,13 @@
 """Distinct combinations of a few columns, in Arrow compute kernels only.
 
-    codes, combos = distinct_rows(table, ["model_tag", "model_seed"])
-    labels = pa.array([label(c) for c in combos]).take(codes)   # one label per row
+    codes, machines = combos(table, ["device", "hostname"])
+    labels = pa.array([label(m) for m in machines]).take(codes)   # one label per row
 
 A 100k-row summary has one model and a handful of machines: formatting a label per row in Python
 would cost more than reading the rows, so a label is formatted per combination and spread back
-with `take`. The per-row codes come from `dictionary_encode` of one string per row that stands
-for the row's values (`joined_keys`).
+with `take`. Each column is dictionary-encoded on its own and the codes are combined one column
+at a time (renumbered after each, so they stay below the number of rows): integer arithmetic,
+no string building and no `group_by`.
 """
 
 from __future__ import annotations
@@ -14,34 +15,28 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Each value is escaped (ESC doubled, SEP as ESC "s", null as ESC "n") before the values of a
-# row are joined with SEP, so two different combinations never give one key.
-_ESC, _SEP = "\x1b", "\x1f"
-
-
-def joined_keys(table: pa.Table, columns: list[str]) -> pa.Array:
-    """One string per row that equals another row's exactly when their `columns` are equal
-    (null apart from ""; a missing column counts as null everywhere)."""
-    parts = []
-    for name in columns:
-        if name not in table.column_names:
-            continue
-        text = pc.cast(table[name], pa.string())
-        text = pc.replace_substring(text, _ESC, _ESC + _ESC)
-        text = pc.replace_substring(text, _SEP, _ESC + "s")
-        parts.append(pc.fill_null(text, _ESC + "n"))
-    if not parts:
-        return pa.array([""] * table.num_rows, pa.string())
-    joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, _SEP)
-    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
-
 
 def distinct_rows(table: pa.Table, columns: list[str]) -> tuple[pa.Array, pa.Array]:
     """(per row, the index of its combination of `columns`; per combination, the first row that
-    has it). Combinations are numbered in first-seen order."""
-    keys = joined_keys(table, columns)
-    encoded = keys.dictionary_encode()
-    return encoded.indices, pc.index_in(encoded.dictionary, value_set=keys)
+    has it). Combinations are numbered in first-seen order; null is a value of its own and a
+    missing column is null everywhere.
+
+    >>> codes, first = distinct_rows(pa.table({"a": ["x", "y", "x", None], "b": [1, 2, 1, 2]}),
+    ...                              ["a", "b"])
+    >>> codes.to_pylist(), first.to_pylist()
+    ([0, 1, 0, 2], [0, 1, 3])
+    """
+    codes = pa.array([0] * table.num_rows, pa.int64())
+    for name in columns:
+        if name not in table.column_names:
+            continue
+        column = table[name].combine_chunks()
+        encoded = column.dictionary_encode(null_encoding="encode")
+        width = max(len(encoded.dictionary), 1)
+        combined = pc.add(pc.multiply(codes, width), encoded.indices.cast(pa.int64()))
+        codes = combined.dictionary_encode().indices.cast(pa.int64())  # back below num_rows
+    encoded = codes.dictionary_encode()  # first-seen order
+    return encoded.indices, pc.index_in(encoded.dictionary, value_set=codes)
 
 
 def combos(table: pa.Table, columns: list[str]) -> tuple[pa.Array, list[dict]]:

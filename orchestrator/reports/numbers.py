@@ -33,15 +33,20 @@ def fixed_array(values: pa.Array | pa.ChunkedArray | list, digits: int) -> pa.Ar
         fmt = f"{{:,.{digits}f}}".format
         return pa.array([None if v is None else fmt(v) for v in arr.to_pylist()], pa.string())
     text = pc.cast(pc.cast(pc.abs(arr), pa.decimal128(38, digits)), pa.string())
-    if digits:
-        whole = pc.utf8_slice_codeunits(text, 0, -(digits + 1))
-        point = pc.utf8_slice_codeunits(text, -(digits + 1))
-        text = pc.binary_join_element_wise(_thousands(whole), point, "")
-    else:
-        text = _thousands(text)
+    tail = digits + 1 if digits else 0  # ".d..." after the whole part
+    if (pc.max(pc.utf8_length(text)).as_py() or 0) > tail + 3:  # some value is 1,000 or more
+        whole = pc.utf8_slice_codeunits(text, 0, -tail) if tail else text
+        grouped = _thousands(whole)
+        text = (
+            pc.binary_join_element_wise(grouped, pc.utf8_slice_codeunits(text, -tail), "")
+            if tail
+            else grouped
+        )
     # -0.04 and -0.0 keep their sign, as Python writes them (1 / -0.0 is -inf)
     zero_sign = pc.less(pc.divide(1.0, arr), 0.0)
     negative = pc.or_(pc.less(arr, 0.0), pc.and_(pc.equal(arr, 0.0), zero_sign))
+    if not pc.any(negative).as_py():
+        return text
     return pc.if_else(negative, pc.binary_join_element_wise("-", text, ""), text)
 
 

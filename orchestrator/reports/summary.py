@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 
 from orchestrator.reports.combos import combos
 from orchestrator.reports.dataset import latest_attempts
-from orchestrator.reports.hardware import hardware_ids
+from orchestrator.reports.hardware import HARDWARE_COLUMNS, hardware_ids
 from orchestrator.reports.layout import fit, terminal_width
-from orchestrator.reports.lines import HW, ROW_KEYS
+from orchestrator.reports.lines import EXTRA_KEYS, FIELDS, HW, ROW_KEYS
 from orchestrator.reports.model_table import FetchIds, ModelTable, build, where_text
 from workers.record import Status
 
@@ -45,9 +45,17 @@ def as_table(rows: Rows) -> pa.Table:
     return pa.table({name: pa.array([row.get(name) for row in rows]) for name in names})
 
 
+_LATEST = b"unet_bench.latest"  # schema metadata: this table already holds latest attempts only
+
+
 def latest_rows(rows: Rows) -> pa.Table:
-    """The most recent attempt of each cell (an ok row wins over a later failed one)."""
-    return latest_attempts(as_table(rows))
+    """The most recent attempt of each cell (an ok row wins over a later failed one); marked,
+    so that the summary's parts, each asking for the latest rows, reduce them once."""
+    table = as_table(rows)
+    if table.schema.metadata and _LATEST in table.schema.metadata:
+        return table
+    latest = latest_attempts(table)
+    return latest.replace_schema_metadata({**(latest.schema.metadata or {}), _LATEST: b"1"})
 
 
 def _is_ok(table: pa.Table) -> pa.Array:
@@ -66,7 +74,11 @@ def _model_label(row: dict) -> str:
 def model_tables(rows: Rows, fetch_ids: FetchIds | None = None) -> list[ModelTable]:
     """One ModelTable per model (by label), from the ok rows among the latest attempts."""
     latest = latest_rows(rows)
-    ok = latest.filter(_is_ok(latest))
+    wanted = [*MODEL_COLUMNS, *HARDWARE_COLUMNS, "method", *ROW_KEYS, *EXTRA_KEYS, *FIELDS]
+    ok = _where(
+        latest.select([c for c in dict.fromkeys(wanted) if c in latest.column_names]),
+        _is_ok(latest),
+    )
     if not ok.num_rows:
         return []
     ok = ok.append_column(HW, hardware_ids(ok))
@@ -75,9 +87,14 @@ def model_tables(rows: Rows, fetch_ids: FetchIds | None = None) -> list[ModelTab
     for code, combo in enumerate(models):
         by_label.setdefault(_model_label(combo), []).append(code)
     return [
-        build(label, ok.filter(pc.is_in(codes, pa.array(by_label[label], pa.int32()))), fetch_ids)
+        build(label, _where(ok, pc.is_in(codes, pa.array(by_label[label], pa.int32()))), fetch_ids)
         for label in sorted(by_label)
     ]
+
+
+def _where(table: pa.Table, mask: pa.Array) -> pa.Table:
+    """`table.filter(mask)`, without copying 100k rows when every row passes (the usual case)."""
+    return table if pc.all(mask).as_py() is not False else table.filter(mask)
 
 
 def records(rows: Rows, fetch_ids: FetchIds | None = None) -> list[dict]:
@@ -204,7 +221,7 @@ def render(
     """All tables as one text block (for stdout): fitted to `width` (default: the terminal's
     columns) unless `wide`, which prints one line per row however long."""
     width = None if wide else (terminal_width() if width is None else width)
-    rows = latest_rows(rows)  # once: the steps below each take the latest attempts again
+    rows = latest_rows(rows)  # once: the steps below find it marked
     parts = [f"== {title} =="] if title else []
     for table in model_tables(rows, fetch_ids):
         head = f"\nmodel {table.label}"
