@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ GOLDEN_DIR = FIXTURES / "golden_checkpoints" / GOLDEN_TAG
 # Tiny models gain nothing from intra-op threads, and OpenMP threads spinning on a busy 2-core
 # machine (Ray workers, a parallel test run) slow small ops down by 30x.
 torch.set_num_threads(1)
+
+# A runner started in the background by a non-interactive shell inherits SIGINT ignored, and then
+# Python installs no KeyboardInterrupt handler: the Ctrl-C tests (they signal this process) would
+# fail for the way the suite was started, not for the code.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
