@@ -148,3 +148,20 @@ def test_compare_reads_only_what_it_compares():
     cols = needed_columns(("decode_tok_s",), on=("prompt",))
     assert "generated_ids" not in cols and "prompt" in cols and "decode_step_ms" in cols
     assert {"hostname", "cpu_model", "node_ip", "gpu_name", "accelerator_model"} <= set(cols)
+
+
+def test_a_side_holds_step_counts_not_step_lists(two_dirs):
+    """The spread needs only how many decode steps a row has: a side keeps that count, not the
+    raw list (100k rows of step lists as Python floats took gigabytes), with the same spread."""
+    from orchestrator.reports.compare import (
+        STEP_COUNT,
+        needed_columns,
+        relative_spread,
+        resolve_side,
+    )
+
+    side = resolve_side(str(two_dirs[0]), None, needed_columns())
+    row = side.rows[0]
+    assert "decode_step_ms" not in row and row[STEP_COUNT] == 31
+    as_list = {k: v for k, v in row.items() if k != STEP_COUNT} | {"decode_step_ms": [1.0] * 31}
+    assert relative_spread(row, "decode") == relative_spread(as_list, "decode") > 0

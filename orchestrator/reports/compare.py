@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.errors import QueryError, ResultsError
@@ -47,6 +48,7 @@ from workers.record import MODEL_KEYS, PARAM_KEYS
 DEFAULT_K = 3.0
 DEFAULT_MIN_CHANGE = 0.02
 NOISE = "noise ±%"  # the column: the change (in percent) a line needed to be flagged
+STEP_COUNT = "decode_steps"  # what a side's rows hold instead of the `decode_step_ms` list
 OTHER_HW = "other hw"  # `change` of a line whose A and B rows ran on different hardware
 MATCH_CANDIDATES = (*PARAM_KEYS, *(f"model_{k}" for k in MODEL_KEYS))
 # metric -> (higher is better, how its relative spread is measured)
@@ -79,8 +81,9 @@ def relative_spread(row: dict, kind: str) -> float:
     if kind == "ttft":
         return float(row.get("ttft_ms_cv") or 0.0)
     if kind == "decode":
-        steps = row.get("decode_step_ms") or []
-        sem = (row.get("decode_step_ms_cv") or 0.0) / math.sqrt(len(steps)) if steps else 0.0
+        steps = row.get(STEP_COUNT)
+        steps = len(row.get("decode_step_ms") or []) if steps is None else steps
+        sem = (row.get("decode_step_ms_cv") or 0.0) / math.sqrt(steps) if steps else 0.0
         return max(float(row.get("decode_tok_s_cv") or 0.0), sem)
     return 0.0
 
@@ -122,11 +125,11 @@ def resolve_side(arg: str, results: Path | str | None, columns: list[str] | None
     `results`; `columns`: read only these (None: all)."""
     if is_uri(arg) or Path(arg).is_dir():
         name = arg if is_uri(arg) else str(Path(arg))
-        return Side(name, ok_rows(load_results(arg, latest=True, columns=columns)))
+        return Side(name, ok_rows(_step_counts(load_results(arg, latest=True, columns=columns))))
     if results is None:
         raise ResultsError(f"{arg}: not a directory; to compare run ids, pass --results DIR")
-    table = load_results(results, columns=columns)
-    runs = distinct(table, "run_id") if "run_id" in table.column_names else []  # oldest first
+    ids = load_results(results, columns=["run_id"])  # which runs there are: one small column
+    runs = distinct(ids, "run_id") if "run_id" in ids.column_names else []  # oldest first
     aliases = {"latest": runs[-1:], "previous": runs[-2:-1]}
     matches = (
         aliases.get(arg) or [r for r in runs if r == arg] or [r for r in runs if r.startswith(arg)]
@@ -134,8 +137,17 @@ def resolve_side(arg: str, results: Path | str | None, columns: list[str] | None
     if len(matches) != 1:
         what = "is ambiguous" if matches else "is not a directory nor a run id"
         raise QueryError(f"{arg} {what} in {results}; runs: {', '.join(runs) or 'none'}")
-    run = latest_attempts(table.filter(pc.field("run_id") == matches[0]))
-    return Side(matches[0], ok_rows(run))
+    table = load_results(results, columns=columns, filter=pc.field("run_id") == matches[0])
+    return Side(matches[0], ok_rows(_step_counts(latest_attempts(table))))
+
+
+def _step_counts(table: pa.Table) -> pa.Table:
+    """`decode_step_ms` replaced by its length (STEP_COUNT): the spread needs only the count,
+    and 100k rows of step lists as Python floats take gigabytes."""
+    if "decode_step_ms" not in table.column_names:
+        return table
+    i = table.column_names.index("decode_step_ms")
+    return table.set_column(i, STEP_COUNT, pc.list_value_length(table["decode_step_ms"]))
 
 
 def match_keys(a: list[dict], b: list[dict]) -> tuple[list[str], dict[str, tuple]]:
