@@ -11,26 +11,38 @@ Default plots, written to `<job dir>/_plots/` (or `--out DIR`):
 Custom: `--x COL --y COL [--hue COL] [--col COL] [--logx] [--logy]` writes one plot named
 `<y>_vs_<x>[_by_<hue>][_per_<col>].png`. Each `--col` value is a panel, each `--hue` value a line;
 any other parameter that varies splits the lines further (never silently averaged). Only the
-latest ok attempt of each cell is plotted.
+latest ok attempt of each cell is plotted, and only the columns the plots use are read (never the
+raw `decode_step_ms` / `generated_ids` lists).
+
+A figure has at most 12 panels of at most 10 lines (plot_series.py): past that, values are picked
+evenly across their sorted order and the figure title and a warning say how many are shown.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from orchestrator.errors import MissingDependencyError, QueryError
-from orchestrator.reports.compare import MATCH_CANDIDATES, order_key
-from orchestrator.reports.dataset import PEAK_COLUMN, job_dirs, load_results, ok_rows
-from orchestrator.reports.hardware import hardware_id
+from orchestrator.reports.combos import combos, distinct_rows
+from orchestrator.reports.compare import MATCH_CANDIDATES
+from orchestrator.reports.dataset import PEAK_COLUMN, job_dirs, load_results, results_schema
+from orchestrator.reports.hardware import HARDWARE_COLUMNS, hardware_ids
+from orchestrator.reports.plot_series import Series, fmt, series
+from orchestrator.reports.where import unknown_column
+from workers.record import Status
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 PLOTS_DIR = "_plots"
+MARKER_MAX_POINTS = 60  # a line with more points is drawn without markers: they would hide it
 INSTALL_HINT = (
     "plotting needs matplotlib: pip install 'unet-bench[plot]' (or pip install matplotlib)"
 )
@@ -90,84 +102,33 @@ def _log_label(value: float, _pos: int | None = None) -> str:
     return f"{value:g}" if round(lead, 6) in (1, 2, 5) else ""
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _series(rows: list[dict], spec: PlotSpec) -> OrderedDict:
-    """{panel value: {line label: [(x, y)]}}, split by hue and any other varying parameter."""
-    fixed = {spec.x, spec.col, spec.hue}
-    split = [
-        c for c in MATCH_CANDIDATES if c not in fixed and len({repr(r.get(c)) for r in rows}) > 1
-    ]
-    keys = ([spec.hue] if spec.hue else []) + split
-    panels: OrderedDict = OrderedDict()
-    for row in sorted(rows, key=lambda r: order_key(tuple(r.get(k) for k in (spec.col, *keys)))):
-        x, y = row.get(spec.x), row.get(spec.y)
-        if x is None or y is None:
-            continue
-        label = ", ".join(f"{k}={_fmt(row.get(k))}" for k in keys) or spec.y
-        panel = row.get(spec.col) if spec.col else None
-        panels.setdefault(panel, OrderedDict()).setdefault(label, []).append((x, y / spec.yscale))
-    return panels
-
-
-def draw(rows: list[dict], spec: PlotSpec, out_dir: Path) -> Path:
-    """Write one PNG for `spec` from result rows; returns its path."""
+def draw(table: pa.Table, spec: PlotSpec, out_dir: Path) -> Path:
+    """Write one PNG for `spec` from the rows of `table`; returns its path."""
     plt = require_matplotlib()
-    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
-
-    for name in (spec.x, spec.y, spec.hue, spec.col):
-        if name and not any(name in r for r in rows):
-            raise QueryError(
-                f"plot: unknown column {name!r}; columns: {', '.join(rows[0]) if rows else 'none'}"
-            )
-    panels = _series(rows, spec)
-    if not panels:
+    data = series(table, spec)
+    if not data.lines:
         raise QueryError(f"plot {spec.name}: no rows with both {spec.x} and {spec.y}")
-    n = len(panels)
+    n = len(data.lines)
     ncols = min(n, 4)
     nrows = (n + ncols - 1) // ncols
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=True
     )
-    for ax, (panel, lines) in zip(axes.flat, panels.items()):
-        xs_all = sorted({x for pts in lines.values() for x, _ in pts})
-        for label, pts in lines.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        if spec.reference:
-            ref = sorted(
-                {
-                    (r[spec.x], r[spec.reference] / spec.yscale)
-                    for r in rows
-                    if r.get(spec.reference) and (not spec.col or r.get(spec.col) == panel)
-                }
-            )
-            if ref:
-                ax.plot([p[0] for p in ref], [p[1] for p in ref], "k--", label=spec.reference_label)
-        if spec.hline is not None:
-            ax.axhline(spec.hline, color="grey", linewidth=0.8, linestyle=":")
-        if spec.logx:
-            ax.set_xscale("log", base=2)
-        if spec.logy:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(_log_label))
-            ax.yaxis.set_minor_formatter(FuncFormatter(_log_label))
-        if all(isinstance(x, (int, float)) for x in xs_all) and len(xs_all) <= 12:
-            ax.set_xticks(xs_all)
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(spec.x)
-        ax.grid(True, which="both", alpha=0.3)
-        if spec.col:
-            ax.set_title(f"{spec.col} = {_fmt(panel)}", fontsize=10)
-        ax.legend(fontsize=7)
+    # many panels with one legend each would hide the lines: then only the first has it
+    legends = {(tuple(data.lines[p]), tuple(data.refs.get(p, ()))) for p in data.lines}
+    shared = n > 4 and len(legends) == 1
+    for i, (ax, panel) in enumerate(zip(axes.flat, data.lines)):
+        _draw_panel(ax, spec, data, panel, legend=i == 0 or not shared)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(spec.ylabel or spec.y)
-    fig.suptitle(spec.title or spec.name.removesuffix(".png"), fontsize=11)
+    title = spec.title or spec.name.removesuffix(".png")
+    if data.notes:
+        note = "; ".join(data.notes) + " (evenly spaced, smallest and largest included)"
+        log.warning("%s: %s", spec.name, note)
+        title += "\n" + textwrap.fill(note, width=50 * ncols)  # ~50 characters fit a panel
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / spec.name
@@ -176,34 +137,71 @@ def draw(rows: list[dict], spec: PlotSpec, out_dir: Path) -> Path:
     return path
 
 
-def speedup_rows(rows: list[dict], den: str = "naive") -> list[dict]:
-    """Rows of every method other than `den` with a `speedup` column: their decode tok/s over
-    the matching `den` cell's (matched on every other parameter), only where both ran on one
-    hardware identity (a cell whose pair ran elsewhere is left out, with a warning).
+def _draw_panel(ax: Any, spec: PlotSpec, data: Series, panel: Any, *, legend: bool) -> None:
+    """One panel: its lines, its dashed reference lines, axes, ticks, title and legend."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
-    >>> speedup_rows([{"method": "naive", "decode_tok_s": 10.0, "batch_size": 1},
-    ...               {"method": "cached", "decode_tok_s": 30.0, "batch_size": 1}])[0]["speedup"]
-    3.0
+    lines = data.lines[panel]
+    for label, pts in lines.items():
+        marker = "o" if len(pts) <= MARKER_MAX_POINTS else None
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+    refs = data.refs.get(panel, {})
+    for i, (label, pts) in enumerate(refs.items()):
+        grey = str(round(0.6 * i / (len(refs) - 1), 2)) if len(refs) > 1 else "k"  # black first
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=grey, label=label)
+    if spec.hline is not None:
+        ax.axhline(spec.hline, color="grey", linewidth=0.8, linestyle=":")
+    if spec.logx:
+        ax.set_xscale("log", base=2)
+    if spec.logy:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(_log_label))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_log_label))
+    xs_all = sorted({x for pts in lines.values() for x, _ in pts})
+    if all(isinstance(x, (int, float)) for x in xs_all) and len(xs_all) <= 12:
+        ax.set_xticks(xs_all)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(spec.x)
+    ax.grid(True, which="both", alpha=0.3)
+    if spec.col:
+        ax.set_title(f"{spec.col} = {fmt(panel)}", fontsize=10)
+    if legend:
+        ax.legend(fontsize=7)
+
+
+def speedup_rows(table: pa.Table, den: str = "naive") -> pa.Table:
+    """The rows of every method other than `den`, with a `speedup` column: their decode tok/s
+    over the matching `den` cell's (matched on every other parameter), only where both ran on
+    one hardware identity (a cell whose pair ran elsewhere is left out, with a warning).
+
+    >>> speedup_rows(pa.table({"method": ["naive", "cached"], "decode_tok_s": [10.0, 30.0],
+    ...                        "batch_size": [1, 1]}))["speedup"].to_pylist()
+    [3.0]
     """
-    params = [c for c in MATCH_CANDIDATES if c != "method"]
-    base = {tuple(r.get(c) for c in params): r for r in rows if r.get("method") == den}
-    out, mixed = [], 0
-    for row in rows:
-        other = base.get(tuple(row.get(c) for c in params))
-        if row.get("method") == den or not other:
-            continue
-        if hardware_id(row) != hardware_id(other):
-            mixed += 1  # two machines: no ratio
-            continue
-        if other.get("decode_tok_s") and row.get("decode_tok_s"):
-            out.append({**row, "speedup": row["decode_tok_s"] / other["decode_tok_s"]})
-    if mixed:
+    if not {"method", "decode_tok_s"} <= set(table.column_names):
+        return table.slice(0, 0).append_column("speedup", pa.array([], pa.float64()))
+    codes, _ = distinct_rows(table, [c for c in MATCH_CANDIDATES if c != "method"])
+    is_den = pc.fill_null(pc.equal(table["method"], den), False)
+    den_rows = pc.indices_nonzero(is_den)
+    partner = den_rows.take(pc.index_in(codes, value_set=codes.take(den_rows)))  # null: none
+    paired = pc.and_(pc.invert(is_den), pc.is_valid(partner))
+    rows, partner = table.filter(paired), partner.filter(paired)
+    hardware = hardware_ids(table)
+    same_hw = pc.equal(hardware.filter(paired), hardware.take(partner))
+    mixed = pc.sum(pc.invert(same_hw)).as_py() or 0
+    if mixed:  # two machines: no ratio
         log.warning(
             "speedup: %d cell(s) left out: they and their %s cell ran on different hardware",
             mixed,
             den,
         )
-    return out
+    tok_s = rows["decode_tok_s"].cast(pa.float64())
+    base = table["decode_tok_s"].cast(pa.float64()).take(partner)
+    measured = pc.and_(pc.fill_null(pc.not_equal(tok_s, 0), False), pc.not_equal(base, 0))
+    keep = pc.fill_null(pc.and_(same_hw, measured), False)
+    speedup = pc.divide(tok_s, base).filter(keep)
+    return rows.filter(keep).append_column("speedup", speedup)
 
 
 def default_specs(job: str, device: str) -> list[PlotSpec]:
@@ -258,9 +256,40 @@ def default_specs(job: str, device: str) -> list[PlotSpec]:
     ]
 
 
-def _device(rows: list[dict]) -> str:
-    names = sorted({str(r.get("gpu_name") or r.get("device") or "") for r in rows} - {""})
-    return ", ".join(names)
+def _device(table: pa.Table) -> str:
+    """The GPU names (else device kinds) of the rows, for the titles."""
+    _, kinds = combos(table, ["gpu_name", "device"])
+    names = {str(k["gpu_name"] or k["device"] or "") for k in kinds} - {""}
+    return ", ".join(sorted(names))
+
+
+# what every plot reads besides its own axes: the status, the parameters that split lines (and
+# pair speedup cells), the hardware identity (speedup pairs, titles) and decode tok/s (speedup)
+BASE_COLUMNS = ("status", *MATCH_CANDIDATES, *HARDWARE_COLUMNS, "decode_tok_s")
+
+
+def plot_columns(specs: list[PlotSpec]) -> list[str]:
+    """The columns the plots of `specs` read (`peak_bytes` brings its sources along); never the
+    raw lists (`decode_step_ms`, `generated_ids`), which cost most of a results file."""
+    axes = [c for s in specs for c in (s.x, s.y, s.hue, s.col, s.reference) if c]
+    return list(dict.fromkeys(c for c in (*BASE_COLUMNS, *axes) if c != "speedup"))
+
+
+def check_columns(spec: PlotSpec, schema: pa.Schema) -> None:
+    """QueryError (with a did-you-mean) for a custom plot naming a column no results file has;
+    `--y speedup` is derived."""
+    for flag, name in (("x", spec.x), ("y", spec.y), ("hue", spec.hue), ("col", spec.col)):
+        known = schema.append(pa.field("speedup", pa.float64())) if flag == "y" else schema
+        if name and name not in known.names:
+            raise QueryError(f"plot --{flag}: {unknown_column(name, known)}")
+
+
+def _plottable(table: pa.Table, spec: PlotSpec) -> str | None:
+    """The first of x and y that has no value in `table`, or None."""
+    for name in (spec.x, spec.y):
+        if name not in table.column_names or table[name].null_count == table.num_rows:
+            return name
+    return None
 
 
 def write_plots(path: Path, out: Path | None = None, custom: PlotSpec | None = None) -> list[Path]:
@@ -269,22 +298,26 @@ def write_plots(path: Path, out: Path | None = None, custom: PlotSpec | None = N
     Plots that lack data (e.g. the speedup without naive cells) are skipped with a log line.
     """
     require_matplotlib()
+    if custom:
+        check_columns(custom, results_schema(path))
+    columns = plot_columns([custom] if custom else default_specs("", ""))
     written = []
     dirs = job_dirs(path)
     for job_dir in dirs:
-        rows = ok_rows(load_results(job_dir, latest=True))
+        ok = pc.field("status") == Status.OK.value
+        table = load_results(job_dir, latest=True, columns=columns, filter=ok)
         # a job on an object store gets its plots locally, in ./plots/<job> (unless --out)
         here = job_dir / PLOTS_DIR if isinstance(job_dir, Path) else Path("plots") / job_dir.name
         target = (out / job_dir.name if len(dirs) > 1 else out) if out else here
-        if not rows:
+        if not table.num_rows:
             log.warning("%s: no ok rows to plot", job_dir)
             continue
-        specs = [custom] if custom else default_specs(job_dir.name, _device(rows))
+        specs = [custom] if custom else default_specs(job_dir.name, _device(table))
         for spec in specs:
-            data = speedup_rows(rows) if spec.y == "speedup" else rows
-            needed = [c for c in (spec.x, spec.y) if not any(r.get(c) is not None for r in data)]
-            if needed and not custom:
-                log.info("%s: skipped %s (no %s values)", job_dir, spec.name, needed[0])
+            data = speedup_rows(table) if spec.y == "speedup" else table
+            missing = _plottable(data, spec)
+            if missing and not custom:
+                log.info("%s: skipped %s (no %s values)", job_dir, spec.name, missing)
                 continue
             written.append(draw(data, spec, target))
     return written
