@@ -73,8 +73,14 @@ def _cell_text(value: Any) -> str:
 
 def _text_table(names: list[str], rows: list[dict], tablefmt: str) -> str:
     columns = [_column_texts([row.get(n) for row in rows]) for n in names]
-    align = [a for _, a in columns]
-    texts = [t for t, _ in columns]
+    return aligned(names, [t for t, _ in columns], [a for _, a in columns], tablefmt)
+
+
+def aligned(
+    names: list[str], texts: list[list[str]], align: list[str], tablefmt: str = "simple"
+) -> str:
+    """Columns of texts (one list per column) under their names, as tabulate lays them out
+    (`align`: "left" or "right" per column; `tablefmt`: "simple" or "github")."""
     if tablefmt == "simple" and all(_plain_text(t) for t in [*texts, names]):
         return _simple_table(names, texts, align)  # tabulate's "simple" layout, in C-speed steps
     from tabulate import tabulate  # ~60 ms to import: only for the markdown form and odd text

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from orchestrator.reports.combos import combos
 from orchestrator.reports.dataset import latest_attempts
+from orchestrator.reports.formats import aligned
 from orchestrator.reports.hardware import HARDWARE_COLUMNS, hardware_ids
 from orchestrator.reports.layout import fit, terminal_width
 from orchestrator.reports.lines import EXTRA_KEYS, FIELDS, HW, ROW_KEYS
@@ -112,15 +113,8 @@ def records(rows: Rows, fetch_ids: FetchIds | None = None) -> list[dict]:
 
 
 def _wide(table: ModelTable) -> str:
-    body = list(zip(*(col.values for col in table.columns)))
-    from tabulate import tabulate  # ~60 ms to import; the fitted form does without it
-
-    return tabulate(
-        body,
-        headers=[col.wide for col in table.columns],
-        tablefmt="simple",
-        disable_numparse=True,
-    )
+    names = [col.wide for col in table.columns]
+    return aligned(names, [list(col.values) for col in table.columns], ["left"] * len(names))
 
 
 FAILURE_HEADERS = (
