@@ -39,18 +39,6 @@ NOTE_EXAMPLES = 3  # rows named in a note before "and N more"
 FetchIds = Callable[[list[str]], dict[str, Any]]
 
 
-def tokens_differ(a: dict, b: dict) -> bool | None:
-    """Whether two rows generated different ids (None when a fingerprint is missing).
-
-    >>> tokens_differ({"tokens_sha256": "x", "n_generated": 8}, {"tokens_sha256": "x"})
-    False
-    """
-    if a.get("tokens_sha256") is None or b.get("tokens_sha256") is None:
-        return None
-    na, nb = a.get("n_generated"), b.get("n_generated")
-    return a["tokens_sha256"] != b["tokens_sha256"] or (None not in (na, nb) and na != nb)
-
-
 def first_mismatch(a: list | None, b: list | None) -> int | None:
     """First generated-token index where any row of two id matrices differ (None if unknown).
 
