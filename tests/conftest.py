@@ -17,12 +17,6 @@ GOLDEN_DIR = FIXTURES / "golden_checkpoints" / GOLDEN_TAG
 # machine (Ray workers, a parallel test run) slow small ops down by 30x.
 torch.set_num_threads(1)
 
-# A runner started in the background by a non-interactive shell inherits SIGINT ignored, and then
-# Python installs no KeyboardInterrupt handler: the Ctrl-C tests (they signal this process) would
-# fail for the way the suite was started, not for the code.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -31,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture()
+def python_sigint():
+    """Python's KeyboardInterrupt handler for a test that signals its own process. A runner
+    started in the background inherits SIGINT ignored, and Python then installs none; only this
+    test gets one (a global one would reach every driver the suite starts as a subprocess)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

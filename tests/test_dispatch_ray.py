@@ -124,7 +124,7 @@ def test_a_worker_that_never_starts_names_the_missing_resource(ray_session, monk
     assert first_start < warning.created  # cells ran while the other worker was pending
 
 
-def test_ctrl_c_keeps_the_running_cell_and_cancels_the_queued_one():
+def test_ctrl_c_keeps_the_running_cell_and_cancels_the_queued_one(python_sigint):
     def interrupt_later(cell, worker):
         if not interrupt_later.armed:
             interrupt_later.armed = True  # mid-way through the second cell (2 s each)

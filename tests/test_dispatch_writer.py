@@ -75,7 +75,7 @@ def test_put_blocks_when_full_instead_of_growing():
     assert written == [0, 1, 2, 3]
 
 
-def test_ctrl_c_while_flushing_loses_no_row():
+def test_ctrl_c_while_flushing_loses_no_row(python_sigint):
     sink = SlowSink(delay=0.2)
     writer = RowWriter(sink, max_batch=1)
     for i in range(5):
