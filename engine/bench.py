@@ -44,6 +44,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # A block holds the residual, its norm, q/k/v, the attention output and the 4x-wide MLP hidden
 # state and its square (about 14 widths) at its peak; 16 rounds that up.
 ACTIVATION_FACTOR = 16
+# The raw samples a record keeps: every decode step, and each measured repeat's TTFT and decode
+# rate (the record's ttft_ms and decode_tok_s are their medians).
+RAW_LISTS = ("decode_step_ms", "ttft_ms_repeats", "decode_tok_s_repeats")
 
 
 # --- the spec -----------------------------------------------------------------------------------
@@ -139,14 +142,18 @@ class BenchResult:
     dtype: str
     torch_version: str
     decode_step_ms: list[float]
+    ttft_ms_repeats: list[float]
+    decode_tok_s_repeats: list[float]
     trace_json: bytes | None = field(default=None, repr=False)
     # Not part of to_dict(): the generated ids [B][N] of the last repeat, for first-mismatch checks.
     generated_ids: list[list[int]] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat record: scalars, plus ``decode_step_ms`` (list) and ``trace_json`` (bytes/None)."""
+        """Flat record: scalars, the raw lists ``decode_step_ms``, ``ttft_ms_repeats`` and
+        ``decode_tok_s_repeats``, and ``trace_json`` (bytes/None)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "generated_ids"}
-        out["decode_step_ms"] = list(self.decode_step_ms)
+        for name in RAW_LISTS:
+            out[name] = list(getattr(self, name))
         return out
 
 
@@ -436,6 +443,8 @@ def _summarise(model: UNet, spec: BenchSpec, runner: MethodRunner, runs: list[Ge
         dtype=spec.dtype,
         torch_version=torch.__version__,
         decode_step_ms=steps,
+        ttft_ms_repeats=ttfts,
+        decode_tok_s_repeats=rates,
         trace_json=trace,
         generated_ids=last.tolist(),
     )

@@ -1,7 +1,8 @@
 """The record a worker returns for one cell attempt, and the vocabulary shared with the driver.
 
-A record is a flat dict of scalars (plus `decode_step_ms`, a list of floats, and `trace_json`,
-bytes or None) so that it maps directly onto one Parquet row.
+A record is a flat dict of scalars (plus the raw lists of floats `decode_step_ms`,
+`ttft_ms_repeats` and `decode_tok_s_repeats`, and `trace_json`, bytes or None) so that it maps
+directly onto one Parquet row.
 """
 
 from __future__ import annotations

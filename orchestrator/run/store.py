@@ -88,6 +88,8 @@ KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "decode_step_ms_cv": _F64,
     "e2e_ms": _F64,
     "decode_step_ms": pa.list_(_F64),
+    "ttft_ms_repeats": pa.list_(_F64),  # one per measured repeat (older rows: null)
+    "decode_tok_s_repeats": pa.list_(_F64),
     "generated_ids": pa.list_(pa.list_(_I64)),
     "ttft_ms_cv": _F64,
     "decode_tok_s_cv": _F64,
