@@ -50,6 +50,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         (f"{P} compare results/a/sweep results/b/sweep --only-changed", "two directories"),
         (f"{P} compare previous latest --results results/sweep --fail-on-change", ""),
     ],
+    "history": [
+        (f"{P} history results/history", "the series that changed over commits"),
+        (f"{P} history results/history --fail-on-regression", "CI: exit 1 on a new regression"),
+        (f"{P} history results/history --all --format csv", "every series, newest values"),
+    ],
     "compact": [
         (f"{P} compact results/sweep", "a job's attempt files into a few large files"),
         (f"{P} compact results", "every job under a results root"),
@@ -71,6 +76,7 @@ def _codes(command: str) -> list[tuple[int, str]]:
         "submit": "some cells failed (the rest are saved)",
         "compare": "--fail-on-change: a change beyond the noise band was flagged",
         "plot": "nothing to plot",
+        "history": "--fail-on-regression: the newest commit regressed a series (one line each)",
     }
     if command in ones:
         codes.append((1, ones[command]))

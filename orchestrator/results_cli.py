@@ -7,6 +7,7 @@
                 [--only-changed] [--fail-on-change] [--format F]
     plot RESULTS_DIR [--out DIR] [--x COL --y COL [--hue COL] [--col COL] [--logx] [--logy]]
     summarize RESULTS_DIR [--pivot ROWS --columns COLS --values METRIC [--ratio A/B] [--agg F]]
+    history RESULTS_DIR [...]: see orchestrator/history_cli.py
 
 Exit codes (also under each command's --help, from orchestrator/cli_help.py): 0 done; 1
 `compare --fail-on-change` found a change, or `plot` had nothing to plot; 2 a bad argument,
@@ -24,6 +25,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from orchestrator import history_cli
 from orchestrator.cli_help import with_epilog
 from orchestrator.errors import QueryError
 from orchestrator.reports import compare as compare_mod
@@ -105,6 +107,7 @@ def register(sub: Any, parents: list | tuple = ()) -> None:
     p.add_argument("--col", help="custom plot: one panel per value of this column")
     p.add_argument("--logx", action="store_true", help="custom plot: log2 x axis")
     p.add_argument("--logy", action="store_true", help="custom plot: log y axis")
+    history_cli.register(sub, parents)
 
 
 def add_summarize_options(parser: argparse.ArgumentParser) -> None:
@@ -304,7 +307,7 @@ def _plot(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
-COMMANDS = {"query": _query, "compare": _compare, "plot": _plot}
+COMMANDS = {"query": _query, "compare": _compare, "plot": _plot, "history": history_cli.run}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -95,7 +95,7 @@ class Commits:
 class PointColumns(Sequence):
     """A series' points as arrays; indexing builds CommitPoints (see the module docstring).
 
-    `version[i]` indexes `commits`; the runs of point i are `run_ids/values[offsets[i]:offsets[i+1]]`.
+    `version[i]` indexes `commits`; point i's runs: `run_ids/values[offsets[i]:offsets[i+1]]`.
     """
 
     commits: Commits
