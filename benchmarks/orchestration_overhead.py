@@ -135,7 +135,7 @@ def run_dispatch(job, backend) -> tuple[int, float, float, float, str]:
 def run_submit(job, backend, results: Path) -> tuple[int, float, float, float, str]:
     span = SpanProgress(job.workers.cpu_workers)
     outcome = submit_job(job, results, backend=backend, progress=span)
-    assert outcome.exit_code == 0 and outcome.ran == len(outcome.rows), outcome.summary_line()
+    assert outcome.exit_code == 0 and outcome.ran == len(outcome.cell_ids), outcome.summary_line()
     return span.rates()
 
 

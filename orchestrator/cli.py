@@ -30,7 +30,7 @@ import sys
 from orchestrator import results_cli
 from orchestrator.cli_help import epilog, with_epilog
 from orchestrator.errors import Interrupted, OrchestratorError, SpecError
-from orchestrator.reports.dataset import job_dirs, summary_rows
+from orchestrator.reports.dataset import job_dirs, rows_of_cells, summary_rows
 from orchestrator.run import interrupts
 from orchestrator.spec.grid import (
     DEFAULT_MAX_CELLS,
@@ -243,7 +243,9 @@ def _submit(args: argparse.Namespace) -> int:
         **results_cli.submit_options(args),
     )
     title = f"{job.name}: {outcome.job_dir}"
-    print(results_cli.summary_text(outcome.rows, title, args, outcome.job_dir))
+    # the run is over; the readers render it (the run never imports them)
+    rows = rows_of_cells(summary_rows(outcome.job_dir, allow_empty=True)[0], outcome.cell_ids)
+    print(results_cli.summary_text(rows, title, args, outcome.job_dir))
     results_cli.after_submit(args, outcome.job_dir)
     log.info("%s", outcome.summary_line())
     return outcome.exit_code

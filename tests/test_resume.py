@@ -139,7 +139,7 @@ def test_plan_job_equals_plan_cells_over_plain_rows(tmp_path):
 
 def test_summary_line_counts():
     outcome = SubmitOutcome(job_dir="results/sweep", total=12, skipped=8, ran=2, failed=3,
-                            rows=[], wall_s=4.06, skipped_failed=2)
+                            cell_ids=frozenset(), wall_s=4.06, skipped_failed=2)
     assert outcome.summary_line() == (
         "12 cells: 2 run, 8 skipped (already ok), 2 skipped (failed before), 3 failed; 4.1s; "
         "results in results/sweep")

@@ -12,7 +12,7 @@ only the asked columns are read, and unreadable or foreign files are named once 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,7 @@ import pyarrow.compute as pc
 
 from orchestrator.errors import ResultsError
 from orchestrator.run.manifest import join_manifests, manifest_table, read_manifests
-from orchestrator.run.storage import Location, resolve
-from orchestrator.run.store import ResultStore
+from orchestrator.run.store import ResultStore, job_dirs
 from workers.record import Status
 
 MIB = 1024 * 1024
@@ -69,23 +68,6 @@ SUMMARY_COLUMNS = (
     "node_ip",
     "hostname",
 )
-
-
-def job_dirs(path: Path | str | Location) -> list[Path | Location]:
-    """The job directories at `path` (a local path or a storage URI): itself when it holds
-    results files, else its subdirectories that do (a job named like a part file is a job, not a
-    file); ResultsError when there are none. Local ones come back as Paths, others as
-    Locations (whose str() is the URI)."""
-    root = resolve(path)
-    if not root.is_dir():
-        raise ResultsError(f"{root.uri}: no such results directory")
-    if ResultStore(root).part_files():
-        found = [root]
-    else:
-        found = [d for d in root.list_dirs() if ResultStore(d).part_files()]
-    if not found:
-        raise ResultsError(f"{root.uri}: no results files found")
-    return [d.local_path() if d.is_local else d for d in found]
 
 
 def load_results(
@@ -155,6 +137,15 @@ def summary_rows(job_dir: Path, *, allow_empty: bool = False) -> tuple[pa.Table,
     store = ResultStore(job_dir)
     loaded = store.read(SUMMARY_COLUMNS) if allow_empty else store.require_results(SUMMARY_COLUMNS)
     return (pa.table({}) if loaded.table is None else loaded.table), loaded.bad_files
+
+
+def rows_of_cells(table: pa.Table, cell_ids: Iterable[str]) -> pa.Table:
+    """The rows of `table` that belong to `cell_ids` (a submit's job's cells, not the rows of an
+    axis value renamed since), e.g. `rows_of_cells(summary_rows(d)[0], outcome.cell_ids)`."""
+    ids = sorted(cell_ids)
+    if not ids or "cell_id" not in table.column_names:
+        return table.slice(0, 0)
+    return table.filter(pc.is_in(table["cell_id"], pa.array(ids, pa.string())))
 
 
 def ids_fetcher(job_dir: Path) -> Callable[[list[str]], dict[str, Any]]:

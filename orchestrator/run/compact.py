@@ -234,8 +234,7 @@ def _pause(point: str) -> None:
 def compact_path(path: Path) -> list[str]:
     """`python -m orchestrator compact PATH`: compact the job at PATH, or every job in the
     results root PATH, each under its lock; one line per job."""
-    from orchestrator.reports.dataset import job_dirs
-    from orchestrator.run.store import ResultStore
+    from orchestrator.run.store import ResultStore, job_dirs
 
     jobs = job_dirs(path)  # a local path or a storage URI
     lines = []

@@ -392,3 +392,18 @@ class ResultStore:
             raise ResultsError(f"{self.job_dir}: no readable results files")
         return loaded
 
+def job_dirs(path: str | os.PathLike | Location) -> list[Path | Location]:
+    """The job directories at `path` (a local path or a storage URI): itself when it holds
+    results files, else its subdirectories that do (a job named like a part file is a job, not a
+    file); ResultsError when there are none. Local ones come back as Paths, others as
+    Locations (whose str() is the URI)."""
+    root = storage.resolve(path)
+    if not root.is_dir():
+        raise ResultsError(f"{root.uri}: no such results directory")
+    if ResultStore(root).part_files():
+        found = [root]
+    else:
+        found = [d for d in root.list_dirs() if ResultStore(d).part_files()]
+    if not found:
+        raise ResultsError(f"{root.uri}: no results files found")
+    return [d.local_path() if d.is_local else d for d in found]

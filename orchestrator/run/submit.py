@@ -22,11 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from orchestrator.errors import ClusterError, Interrupted, SpecError, StorageError, UsageError
-from orchestrator.reports.dataset import summary_rows
 from orchestrator.run.compact import compact_after_submit
 from orchestrator.run.manifest import Invocation, RunManifest, mark_dead_runs, read_manifests
 from orchestrator.run.plan import CellState, plan_job, state_of
@@ -62,7 +58,7 @@ class SubmitOutcome:
     skipped: int
     ran: int
     failed: int
-    rows: pa.Table  # the job's cells' rows, summary columns (orchestrator/reports/dataset.py)
+    cell_ids: frozenset[str]  # the job's cells that have rows (the CLI summarizes those)
     wall_s: float
     skipped_failed: int = 0
     not_run: int = 0
@@ -236,7 +232,6 @@ def submit_job(
         states[state_of(history, cid)] += 1
         if cid in history:  # it has rows
             ids.add(cid)
-    rows = _rows_of_cells(summary_rows(job_dir, allow_empty=True)[0], ids)
     failed = states[CellState.FAILED] + max(0, states[CellState.UNFINISHED] - not_run)
     return SubmitOutcome(
         job_dir=job_dir,
@@ -244,18 +239,11 @@ def submit_job(
         skipped=plan.skipped_ok,
         ran=len(todo) - not_run,
         failed=failed,
-        rows=rows,
+        cell_ids=frozenset(ids),
         wall_s=time.perf_counter() - t0,
         skipped_failed=plan.skipped_failed,
         not_run=min(not_run, states[CellState.UNFINISHED]),
     )
-
-
-def _rows_of_cells(table: pa.Table, cell_ids: set[str]) -> pa.Table:
-    """The rows of `table` that belong to `cell_ids` (the job's cells, not a renamed axis's)."""
-    if not cell_ids or "cell_id" not in table.column_names:
-        return table.slice(0, 0)
-    return table.filter(pc.is_in(table["cell_id"], pa.array(sorted(cell_ids), pa.string())))
 
 
 def _previous_run(job_dir: Any, run_id: str) -> dict:
